@@ -1,0 +1,496 @@
+//! The agent SDK: join the network through bootstrap nodes.
+//!
+//! ```text
+//! Agent::builder().network(cfg).build()   binds a QUIC endpoint (no traffic yet)
+//! agent.join_network()                     dials every bootstrap node in parallel,
+//!                                          learns the observed address (reflector),
+//!                                          registers in the directory (coordinator)
+//! agent.lookup / introduce                 directory and introductions
+//! agent.send_relayed / recv_relayed        datagrams through a node's relay
+//! ```
+//!
+//! After joining, a background task per bootstrap node redials it (with
+//! backoff) whenever the connection drops, and registers again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::debug;
+
+use crate::backoff::Backoff;
+use crate::identity::{Identity, PeerId};
+use crate::network::{NetworkConfig, PeerAddr};
+use crate::relay;
+use crate::transport::{self, TransportError, TransportOptions};
+use crate::wire::{self, AgentRecord, Message, PeerKind, RoleSet, close};
+
+/// How long one dial or one request may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("no bootstrap node could be reached: {}", .failures.join("; "))]
+    NoBootstrapReachable { failures: Vec<String> },
+    #[error("not connected to any bootstrap node")]
+    NotConnected,
+    #[error("not connected to bootstrap node {0}")]
+    UnknownNode(PeerId),
+    #[error("bootstrap node refused: {0}")]
+    Refused(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("connection error: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("timed out")]
+    Timeout,
+    #[error("cannot send datagram: {0}")]
+    Datagram(#[from] quinn::SendDatagramError),
+}
+
+impl From<wire::WireError> for AgentError {
+    fn from(e: wire::WireError) -> Self {
+        Self::Protocol(e.to_string())
+    }
+}
+
+/// One bootstrap node the agent is connected to.
+#[derive(Debug, Clone)]
+pub struct BootstrapLink {
+    pub peer_id: PeerId,
+    pub addr: SocketAddr,
+    pub roles: RoleSet,
+    /// This agent's address as the node saw it (if it is a reflector).
+    pub observed: Option<SocketAddr>,
+    pub rtt: Duration,
+}
+
+/// The outcome of [`Agent::join_network`].
+#[derive(Debug, Clone)]
+pub struct JoinReport {
+    pub connected: Vec<BootstrapLink>,
+    /// Bootstrap addresses that could not be reached before the deadline.
+    pub failed: Vec<String>,
+    /// The address reflectors observed (first one reported).
+    pub observed_addr: Option<SocketAddr>,
+    /// Nodes whose coordinator accepted our registration.
+    pub registered: Vec<PeerId>,
+}
+
+/// A datagram received through a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedDatagram {
+    pub from: PeerId,
+    pub via: PeerId,
+    pub payload: Bytes,
+}
+
+pub struct AgentBuilder {
+    network: Option<NetworkConfig>,
+    identity: Option<Identity>,
+}
+
+impl AgentBuilder {
+    /// Which bootstrap nodes to use and how. Default: [`NetworkConfig::default()`].
+    pub fn network(mut self, network: NetworkConfig) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    /// Use this identity. Default: a fresh one.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Bind the agent's QUIC endpoint. Sends nothing yet.
+    pub async fn build(self) -> Result<Agent, AgentError> {
+        let network = self.network.unwrap_or_default();
+        let identity = match self.identity {
+            Some(i) => i,
+            None => Identity::generate()?,
+        };
+        let opts = TransportOptions {
+            keepalive: network.keepalive,
+            idle_timeout: network.idle_timeout,
+            ..TransportOptions::default()
+        };
+        let endpoint = transport::endpoint(&identity, network.bind, &opts)?;
+        let (intro_tx, intro_rx) = mpsc::channel(256);
+        let (relay_tx, relay_rx) = mpsc::channel(4096);
+        let cancel = CancellationToken::new();
+        Ok(Agent {
+            inner: Arc::new(Inner {
+                peer_id: identity.peer_id(),
+                incarnation: rand::random(),
+                network,
+                endpoint,
+                links: Mutex::new(HashMap::new()),
+                intro_tx,
+                relay_tx,
+                cancel: cancel.clone(),
+            }),
+            introductions: AsyncMutex::new(intro_rx),
+            relayed: AsyncMutex::new(relay_rx),
+            _guard: cancel.drop_guard(),
+        })
+    }
+}
+
+struct Link {
+    conn: quinn::Connection,
+    info: BootstrapLink,
+}
+
+struct Inner {
+    peer_id: PeerId,
+    incarnation: u64,
+    network: NetworkConfig,
+    endpoint: quinn::Endpoint,
+    links: Mutex<HashMap<PeerId, Link>>,
+    intro_tx: mpsc::Sender<AgentRecord>,
+    relay_tx: mpsc::Sender<RelayedDatagram>,
+    cancel: CancellationToken,
+}
+
+/// An agent on the x0x network.
+pub struct Agent {
+    inner: Arc<Inner>,
+    introductions: AsyncMutex<mpsc::Receiver<AgentRecord>>,
+    relayed: AsyncMutex<mpsc::Receiver<RelayedDatagram>>,
+    _guard: DropGuard,
+}
+
+impl Agent {
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder {
+            network: None,
+            identity: None,
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Connect to every configured bootstrap node in parallel (retrying
+    /// until `join_timeout`), learn the observed address and register with
+    /// each coordinator. Fails if no bootstrap node could be reached.
+    pub async fn join_network(&self) -> Result<JoinReport, AgentError> {
+        let deadline = Instant::now() + self.inner.network.join_timeout;
+        let mut pending = Vec::new();
+        for addr in self.inner.network.bootstrap_peers.clone() {
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(maintain(self.inner.clone(), addr, deadline, tx));
+            pending.push(rx);
+        }
+        let mut report = JoinReport {
+            connected: Vec::new(),
+            failed: Vec::new(),
+            observed_addr: None,
+            registered: Vec::new(),
+        };
+        for rx in pending {
+            match rx.await {
+                Ok(Ok((link, registered))) => {
+                    report.observed_addr = report.observed_addr.or(link.observed);
+                    if registered {
+                        report.registered.push(link.peer_id);
+                    }
+                    report.connected.push(link);
+                }
+                Ok(Err(e)) => report.failed.push(e),
+                Err(_) => report.failed.push("join cancelled".into()),
+            }
+        }
+        if report.connected.is_empty() {
+            return Err(AgentError::NoBootstrapReachable {
+                failures: report.failed,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Bootstrap nodes connected now.
+    pub fn bootstrap_nodes(&self) -> Vec<BootstrapLink> {
+        self.inner
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|l| l.info.clone())
+            .collect()
+    }
+
+    /// The address reflectors report for this agent.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_nodes().iter().find_map(|l| l.observed)
+    }
+
+    /// Find another agent through any connected bootstrap node.
+    pub async fn lookup(&self, peer: PeerId) -> Result<Option<AgentRecord>, AgentError> {
+        match self.inner.request_any(Message::Lookup { peer }).await? {
+            Message::Found { record } => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ask a coordinator to introduce us to `peer`: the peer receives our
+    /// record (see [`Agent::next_introduction`]) and we get theirs.
+    pub async fn introduce(&self, peer: PeerId) -> Result<AgentRecord, AgentError> {
+        match self.inner.request_any(Message::Introduce { peer }).await? {
+            Message::Introduction { record } => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next introduction a coordinator delivered: an agent that wants to connect.
+    pub async fn next_introduction(&self) -> Option<AgentRecord> {
+        self.introductions.lock().await.recv().await
+    }
+
+    /// Send `payload` to agent `to` through the relay of bootstrap node `via`.
+    pub fn send_relayed(&self, via: PeerId, to: PeerId, payload: &[u8]) -> Result<(), AgentError> {
+        let conn = self.inner.link(&via).ok_or(AgentError::UnknownNode(via))?;
+        conn.send_datagram(relay::join(&to, payload))?;
+        Ok(())
+    }
+
+    /// The next datagram relayed to us.
+    pub async fn recv_relayed(&self) -> Option<RelayedDatagram> {
+        self.relayed.lock().await.recv().await
+    }
+
+    /// Close every connection and stop reconnecting.
+    pub async fn close(self) {
+        self.inner.cancel.cancel();
+        self.inner.endpoint.close(close::NORMAL, b"agent closing");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+fn unexpected(msg: Message) -> AgentError {
+    match msg {
+        Message::Refused { reason } => AgentError::Refused(reason),
+        other => AgentError::Protocol(format!("unexpected reply {other:?}")),
+    }
+}
+
+impl Inner {
+    fn link(&self, node: &PeerId) -> Option<quinn::Connection> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .map(|l| l.conn.clone())
+    }
+
+    fn connections(&self) -> Vec<quinn::Connection> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|l| l.conn.clone())
+            .collect()
+    }
+
+    /// Send a request to the first node that answers it.
+    async fn request_any(&self, msg: Message) -> Result<Message, AgentError> {
+        let mut last = AgentError::NotConnected;
+        for conn in self.connections() {
+            match request(&conn, &msg).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// One request/response on its own stream.
+async fn request(conn: &quinn::Connection, msg: &Message) -> Result<Message, AgentError> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        wire::write_frame(&mut send, msg).await?;
+        let _ = send.finish();
+        wire::read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| AgentError::Protocol("stream ended without a reply".into()))
+    };
+    tokio::time::timeout(STEP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| AgentError::Timeout)?
+}
+
+type FirstResult = Result<(BootstrapLink, bool), String>;
+
+/// Keep one bootstrap node connected: report the first outcome on `first`
+/// (giving up on it at `deadline`), then redial whenever the link drops.
+async fn maintain(
+    inner: Arc<Inner>,
+    addr: PeerAddr,
+    deadline: Instant,
+    first: oneshot::Sender<FirstResult>,
+) {
+    let mut first = Some(first);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let attempt = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            r = connect(&inner, &addr) => r,
+        };
+        match attempt {
+            Ok((conn, control, info)) => {
+                backoff.reset();
+                let registered = register(&inner, &conn, &info).await;
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok((info.clone(), registered)));
+                }
+                run_link(&inner, conn, control, info).await;
+            }
+            Err(e) => {
+                debug!(%addr, "bootstrap dial failed: {e}");
+                if Instant::now() >= deadline {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Err(format!("{addr}: {e}")));
+                        return; // never reached: stop trying, the join failed for it
+                    }
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn connect(
+    inner: &Inner,
+    addr: &PeerAddr,
+) -> Result<(quinn::Connection, Control, BootstrapLink), String> {
+    let resolved = addr
+        .resolve()
+        .await
+        .map_err(|e| format!("cannot resolve: {e}"))?;
+    let socket = *resolved.first().ok_or("resolved to no address")?;
+    let (conn, peer) = transport::dial(&inner.endpoint, socket, STEP_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hello = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let msg = Message::Hello {
+            kind: PeerKind::Agent,
+            incarnation: inner.incarnation,
+        };
+        wire::write_frame(&mut send, &msg).await?;
+        match wire::read_frame(&mut recv).await? {
+            Some(Message::Welcome {
+                roles, observed, ..
+            }) => Ok((send, recv, roles, observed)),
+            other => Err(AgentError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
+        }
+    };
+    let (send, recv, roles, observed) = tokio::time::timeout(STEP_TIMEOUT, hello)
+        .await
+        .map_err(|_| "no Welcome from node".to_string())?
+        .map_err(|e| e.to_string())?;
+    let info = BootstrapLink {
+        peer_id: peer,
+        addr: socket,
+        roles,
+        observed,
+        rtt: conn.rtt(),
+    };
+    Ok((conn, (send, recv), info))
+}
+
+/// The control stream. Our side sends nothing after `Hello`, but keeps the
+/// send half open: finishing it would tell the node we are leaving.
+type Control = (quinn::SendStream, quinn::RecvStream);
+
+/// Register with the node's coordinator. Returns whether it accepted.
+async fn register(inner: &Inner, conn: &quinn::Connection, info: &BootstrapLink) -> bool {
+    if !info.roles.coordinator {
+        return false;
+    }
+    let mut addrs = Vec::new();
+    if let Ok(local) = inner.endpoint.local_addr() {
+        if !local.ip().is_unspecified() {
+            addrs.push(local);
+        }
+    }
+    matches!(
+        request(conn, &Message::Register { addrs }).await,
+        Ok(Message::Registered { .. })
+    )
+}
+
+/// Serve one bootstrap link until it closes: introductions pushed on the
+/// control stream and relayed datagrams.
+async fn run_link(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    control: Control,
+    info: BootstrapLink,
+) {
+    let (_send, mut control) = control;
+    let node = info.peer_id;
+    inner
+        .links
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            node,
+            Link {
+                conn: conn.clone(),
+                info,
+            },
+        );
+    let pushes = async {
+        while let Ok(Some(msg)) = wire::read_frame(&mut control).await {
+            if let Message::Introduction { record } = msg {
+                let _ = inner.intro_tx.try_send(record);
+            }
+        }
+    };
+    let datagrams = async {
+        while let Ok(d) = conn.read_datagram().await {
+            if let Some((from, payload)) = relay::split(&d) {
+                let _ = inner.relay_tx.try_send(RelayedDatagram {
+                    from,
+                    via: node,
+                    payload,
+                });
+            }
+        }
+    };
+    tokio::select! {
+        _ = pushes => {},
+        _ = datagrams => {},
+        _ = conn.closed() => {},
+        _ = inner.cancel.cancelled() => {},
+    }
+    let mut links = inner.links.lock().unwrap_or_else(|e| e.into_inner());
+    if links
+        .get(&node)
+        .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
+    {
+        links.remove(&node);
+    }
+}

@@ -1,0 +1,159 @@
+//! The coordinator role: a directory of agents shared across the mesh.
+//!
+//! Each node owns the records of agents registered with it (`local`). It
+//! sends those to every mesh peer (a snapshot on connect, then upserts and
+//! removals) and keeps the records it hears from each peer (`remote`), so
+//! any node can answer a lookup for any agent. Records learned from a peer
+//! are dropped when that peer disconnects, and re-sent when it comes back:
+//! during a partition each side keeps exactly what it can reach.
+
+use std::collections::HashMap;
+
+use crate::identity::PeerId;
+use crate::wire::{AgentRecord, Message};
+
+/// Most addresses kept per agent record.
+pub const MAX_ADDRS: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    local: HashMap<PeerId, AgentRecord>,
+    remote: HashMap<PeerId, HashMap<PeerId, AgentRecord>>,
+}
+
+impl Directory {
+    /// Record an agent registered with this node; returns the update for mesh peers.
+    pub fn register(&mut self, record: AgentRecord) -> Message {
+        self.local.insert(record.peer, record.clone());
+        Message::DirectoryUpsert { record }
+    }
+
+    /// Forget a local agent; returns the update for mesh peers, if it was known.
+    pub fn unregister(&mut self, agent: &PeerId) -> Option<Message> {
+        self.local
+            .remove(agent)
+            .map(|_| Message::DirectoryRemove { peer: *agent })
+    }
+
+    /// The snapshot a mesh peer receives when it connects.
+    pub fn snapshot(&self) -> Message {
+        Message::DirectorySnapshot {
+            records: self.local.values().cloned().collect(),
+        }
+    }
+
+    /// Apply a directory message from mesh peer `from`. Returns false if the
+    /// message is not a directory update (the caller treats that as a protocol error).
+    pub fn apply(&mut self, from: PeerId, msg: &Message) -> bool {
+        let table = self.remote.entry(from).or_default();
+        match msg {
+            Message::DirectorySnapshot { records } => {
+                table.clear();
+                table.extend(records.iter().map(|r| (r.peer, r.clone())));
+            }
+            Message::DirectoryUpsert { record } => {
+                table.insert(record.peer, record.clone());
+            }
+            Message::DirectoryRemove { peer } => {
+                table.remove(peer);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Forget everything learned from mesh peer `from` (it disconnected).
+    pub fn drop_peer(&mut self, from: &PeerId) {
+        self.remote.remove(from);
+    }
+
+    /// Find an agent: a local registration first, then any mesh peer's.
+    pub fn lookup(&self, agent: &PeerId) -> Option<AgentRecord> {
+        self.local.get(agent).cloned().or_else(|| {
+            self.remote
+                .values()
+                .find_map(|table| table.get(agent).cloned())
+        })
+    }
+
+    pub fn is_local(&self, agent: &PeerId) -> bool {
+        self.local.contains_key(agent)
+    }
+
+    /// Distinct agents known (local and remote).
+    pub fn len(&self) -> usize {
+        let mut all: std::collections::HashSet<&PeerId> = self.local.keys().collect();
+        for table in self.remote.values() {
+            all.extend(table.keys());
+        }
+        all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> PeerId {
+        PeerId::from_bytes([n; 32])
+    }
+
+    fn record(agent: u8, home: u8) -> AgentRecord {
+        AgentRecord {
+            peer: id(agent),
+            addrs: vec![format!("127.0.0.{agent}:1000").parse().unwrap()],
+            home: id(home),
+        }
+    }
+
+    #[test]
+    fn lookups_see_local_and_mesh_records_until_the_peer_leaves() {
+        // Node 1 registers agent 10; node 2 learns it through the messages.
+        let mut n1 = Directory::default();
+        let mut n2 = Directory::default();
+        let upsert = n1.register(record(10, 1));
+        assert!(n2.apply(id(1), &upsert));
+        assert_eq!(n2.lookup(&id(10)), Some(record(10, 1)));
+        assert!(!n2.is_local(&id(10)));
+
+        let removal = n1.unregister(&id(10)).unwrap();
+        assert!(n2.apply(id(1), &removal));
+        assert_eq!(n2.lookup(&id(10)), None);
+
+        n1.register(record(11, 1));
+        assert!(n2.apply(id(1), &n1.snapshot()));
+        assert_eq!(n2.len(), 1);
+        n2.drop_peer(&id(1));
+        assert_eq!(n2.lookup(&id(11)), None);
+        assert!(n2.is_empty());
+    }
+
+    #[test]
+    fn snapshot_replaces_what_a_peer_said_before() {
+        let mut d = Directory::default();
+        d.apply(
+            id(1),
+            &Message::DirectoryUpsert {
+                record: record(10, 1),
+            },
+        );
+        d.apply(
+            id(1),
+            &Message::DirectorySnapshot {
+                records: vec![record(11, 1)],
+            },
+        );
+        assert_eq!(d.lookup(&id(10)), None);
+        assert!(d.lookup(&id(11)).is_some());
+    }
+
+    #[test]
+    fn non_directory_messages_are_refused() {
+        let mut d = Directory::default();
+        assert!(!d.apply(id(1), &Message::Lookup { peer: id(2) }));
+    }
+}

@@ -1,0 +1,286 @@
+//! Node and agent identity: an Ed25519 key pair and the [`PeerId`] derived from it.
+//!
+//! The key is stored as a PKCS#8 PEM file (`-----BEGIN PRIVATE KEY-----`), the
+//! same format `openssl genpkey -algorithm ed25519` writes, so keys can be
+//! pre-provisioned. A generated key is written atomically with mode 0600.
+//! An existing key that cannot be read or parsed is an error: an identity is
+//! never silently replaced.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use rustls_pki_types::pem::PemObject;
+
+/// Length in bytes of an Ed25519 public key, and so of a [`PeerId`].
+pub const PEER_ID_LEN: usize = 32;
+
+/// The identity of a peer on the network: its Ed25519 public key.
+///
+/// Printed and parsed as 64 lowercase hex characters.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct PeerId([u8; PEER_ID_LEN]);
+
+impl PeerId {
+    pub const fn from_bytes(bytes: [u8; PEER_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; PEER_ID_LEN] {
+        &self.0
+    }
+
+    /// The first 8 hex characters, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.short())
+    }
+}
+
+/// Why a string is not a [`PeerId`].
+#[derive(Debug, thiserror::Error)]
+#[error("invalid peer id {input:?}: expected {expected} hex characters")]
+pub struct ParsePeerIdError {
+    input: String,
+    expected: usize,
+}
+
+impl FromStr for PeerId {
+    type Err = ParsePeerIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePeerIdError {
+            input: s.chars().take(80).collect(),
+            expected: PEER_ID_LEN * 2,
+        };
+        let mut out = [0u8; PEER_ID_LEN];
+        hex::decode_to_slice(s.trim(), &mut out).map_err(|_| err())?;
+        Ok(Self(out))
+    }
+}
+
+/// Errors loading or creating an identity. Each names the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "key file {path} is not a valid Ed25519 PKCS#8 PEM key ({reason}); refusing to replace it with a new identity"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key generation failed: {0}")]
+    Generate(String),
+}
+
+/// An Ed25519 key pair with its PKCS#8 encoding (used for TLS certificates).
+pub struct Identity {
+    key_pair: Ed25519KeyPair,
+    pkcs8: Vec<u8>,
+    peer_id: PeerId,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A new random identity (kept in memory only).
+    pub fn generate() -> Result<Self, IdentityError> {
+        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|e| IdentityError::Generate(e.to_string()))?;
+        Self::from_pkcs8(doc.as_ref()).map_err(IdentityError::Generate)
+    }
+
+    /// Parse a PKCS#8 DER Ed25519 key (v1 or v2).
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let key_pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| e.to_string())?;
+        let mut id = [0u8; PEER_ID_LEN];
+        id.copy_from_slice(key_pair.public_key().as_ref());
+        Ok(Self {
+            key_pair,
+            pkcs8: der.to_vec(),
+            peer_id: PeerId(id),
+        })
+    }
+
+    /// Parse a PKCS#8 PEM key.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(|e| format!("{e:?}"))?;
+        Self::from_pkcs8(der.secret_pkcs8_der())
+    }
+
+    /// Load the key at `path`. A missing file is an error.
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        let bytes = std::fs::read(path).map_err(|source| IdentityError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_pem(&bytes).map_err(|reason| IdentityError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Load the key at `path`, or generate and store one if no file exists.
+    /// Returns the identity and whether it was newly created.
+    pub fn load_or_generate(path: &Path) -> Result<(Self, bool), IdentityError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok((Self::load(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let identity = Self::generate()?;
+                identity.write_new(path)?;
+                Ok((identity, true))
+            }
+            Err(source) => Err(IdentityError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Write the key to `path` atomically (temporary file, fsync, rename) with
+    /// mode 0600. Fails if `path` already exists.
+    pub fn write_new(&self, path: &Path) -> Result<(), IdentityError> {
+        let werr = |source| IdentityError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".node-key-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(werr)?;
+        tmp.write_all(self.to_pem().as_bytes()).map_err(werr)?;
+        tmp.as_file().sync_all().map_err(werr)?;
+        tmp.persist_noclobber(path).map_err(|e| werr(e.error))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The key as PKCS#8 PEM.
+    pub fn to_pem(&self) -> String {
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        pem::encode_config(&pem::Pem::new("PRIVATE KEY", self.pkcs8.clone()), config)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out.copy_from_slice(self.key_pair.sign(msg).as_ref());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn peer_id_round_trips_through_text() {
+        let id = Identity::generate().unwrap().peer_id();
+        let text = id.to_string();
+        assert_eq!(text.len(), 64);
+        assert_eq!(text.parse::<PeerId>().unwrap(), id);
+        assert!("xyz".parse::<PeerId>().is_err());
+        assert!(text[..62].parse::<PeerId>().is_err());
+    }
+
+    #[test]
+    fn generated_key_is_private_and_reloads_to_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let (first, created) = Identity::load_or_generate(&path).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (second, created) = Identity::load_or_generate(&path).unwrap();
+        assert!(!created);
+        assert_eq!(first.peer_id(), second.peer_id());
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn corrupt_key_is_an_error_not_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        std::fs::write(&path, b"not a key").unwrap();
+        let err = Identity::load_or_generate(&path).unwrap_err();
+        assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("node.key"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a key");
+    }
+
+    #[test]
+    fn unreadable_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the key should be cannot be read as a file.
+        let path = dir.path().join("node.key");
+        std::fs::create_dir(&path).unwrap();
+        let err = Identity::load_or_generate(&path).unwrap_err();
+        assert!(matches!(err, IdentityError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn pem_round_trip_matches_openssl_format() {
+        let id = Identity::generate().unwrap();
+        let pem = id.to_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        let again = Identity::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(again.peer_id(), id.peer_id());
+    }
+
+    #[test]
+    fn accepts_pkcs8_v1_key_as_written_by_openssl() {
+        // `openssl genpkey -algorithm ed25519` output (RFC 8410 test key).
+        let pem = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        let id = Identity::from_pem(pem).unwrap();
+        assert_eq!(
+            id.peer_id().to_string(),
+            "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! QUIC endpoints: one UDP socket that both accepts and dials.
+//!
+//! Nodes and agents use the same endpoint shape: a server and a client
+//! configuration built from the peer's [`Identity`] (see [`crate::tls`]),
+//! keep-alives and a bounded idle timeout, so a dead peer is noticed within
+//! seconds. Using one socket for both directions is what makes the address
+//! a reflector observes the address others can reach (and, later, what
+//! makes hole punching possible).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+
+use crate::identity::{Identity, PeerId};
+use crate::tls::{self, TlsError};
+
+/// Tunables for an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportOptions {
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+    /// Requested socket buffer size (the kernel may cap it).
+    pub udp_buffer_bytes: usize,
+    /// Concurrent request streams a peer may open.
+    pub max_bidi_streams: u32,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            udp_buffer_bytes: 2 * 1024 * 1024,
+            max_bidi_streams: 32,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid transport setting: {0}")]
+    Setting(String),
+}
+
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("cannot start connection to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("connection to {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("{addr} presented no usable identity")]
+    NoIdentity { addr: SocketAddr },
+}
+
+fn transport_config(opts: &TransportOptions) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(opts.keepalive));
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(opts.idle_timeout)
+            .map_err(|e| TransportError::Setting(e.to_string()))?,
+    ));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(opts.max_bidi_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.datagram_receive_buffer_size(Some(1024 * 1024));
+    t.datagram_send_buffer_size(1024 * 1024);
+    Ok(t)
+}
+
+/// Bind a UDP socket (dual-stack for `[::]`) with the requested buffers.
+fn bind_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too when bound to [::]; harmless for specific addresses.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A bound QUIC endpoint that can both accept and dial.
+pub fn endpoint(
+    identity: &Identity,
+    addr: SocketAddr,
+    opts: &TransportOptions,
+) -> Result<quinn::Endpoint, TransportError> {
+    let transport = Arc::new(transport_config(opts)?);
+
+    let server_tls = QuicServerConfig::try_from(tls::server_config(identity)?)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport.clone());
+
+    let client_tls = QuicClientConfig::try_from(tls::client_config(identity)?)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport);
+
+    let socket = bind_socket(addr, opts.udp_buffer_bytes)
+        .map_err(|source| TransportError::Bind { addr, source })?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| TransportError::Bind { addr, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Dial `addr` and return the connection and the peer's authenticated id.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(quinn::Connection, PeerId), DialError> {
+    let connecting = endpoint
+        .connect(addr, tls::SERVER_NAME)
+        .map_err(|source| DialError::Connect { addr, source })?;
+    let conn = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| DialError::Timeout { addr, timeout })?
+        .map_err(|source| DialError::Handshake { addr, source })?;
+    let peer = tls::remote_peer_id(&conn).ok_or(DialError::NoIdentity { addr })?;
+    Ok((conn, peer))
+}
