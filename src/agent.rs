@@ -362,11 +362,11 @@ async fn maintain(
             }
             Err(e) => {
                 debug!(%addr, "bootstrap dial failed: {e}");
-                if Instant::now() >= deadline {
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(Err(format!("{addr}: {e}")));
-                        return; // never reached: stop trying, the join failed for it
-                    }
+                if Instant::now() >= deadline
+                    && let Some(tx) = first.take()
+                {
+                    let _ = tx.send(Err(format!("{addr}: {e}")));
+                    return; // never reached: stop trying, the join failed for it
                 }
             }
         }
@@ -430,10 +430,10 @@ async fn register(inner: &Inner, conn: &quinn::Connection, info: &BootstrapLink)
         return false;
     }
     let mut addrs = Vec::new();
-    if let Ok(local) = inner.endpoint.local_addr() {
-        if !local.ip().is_unspecified() {
-            addrs.push(local);
-        }
+    if let Ok(local) = inner.endpoint.local_addr()
+        && !local.ip().is_unspecified()
+    {
+        addrs.push(local);
     }
     matches!(
         request(conn, &Message::Register { addrs }).await,

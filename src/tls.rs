@@ -397,7 +397,10 @@ mod tests {
             .with_client_cert_resolver(Arc::new(Forged(Arc::new(
                 rustls::sign::CertifiedKey::new(
                     vec![victim_cert],
-                    provider.key_provider.load_private_key(attacker_key).unwrap(),
+                    provider
+                        .key_provider
+                        .load_private_key(attacker_key)
+                        .unwrap(),
                 ),
             ))));
         forged.alpn_protocols = vec![ALPN.to_vec()];

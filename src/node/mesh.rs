@@ -27,15 +27,15 @@ pub async fn maintain(shared: Arc<Shared>, addr: PeerAddr) {
     let mut changes = shared.registry.subscribe();
     loop {
         changes.borrow_and_update();
-        if let Some(peer) = shared.mesh_id(&addr) {
-            if shared.registry.is_connected(&peer) {
-                // Connected (in either direction): wait until that changes.
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    r = changes.changed() => if r.is_err() { return },
-                }
-                continue;
+        if let Some(peer) = shared.mesh_id(&addr)
+            && shared.registry.is_connected(&peer)
+        {
+            // Connected (in either direction): wait until that changes.
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                r = changes.changed() => if r.is_err() { return },
             }
+            continue;
         }
         let attempt = tokio::select! {
             _ = shared.shutdown.cancelled() => return,

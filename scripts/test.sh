@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Run every check and test of x0x. On a fresh Debian machine as root it first
+# installs what it needs (iproute2, iptables, nix-bin, ...).
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    Rust checks and tests only (no Nix, no benchmark)
+#
+# The test suite runs inside a network namespace of its own (unshare -n) with
+# only a loopback interface, so no test can send a packet off this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+started=$(date +%s)
+step() { printf '\n==> %s  (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+step "installing system packages (if missing)"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v unshare >/dev/null || need+=(util-linux)
+  command -v nix-instantiate >/dev/null || need+=(nix-bin)
+  command -v curl >/dev/null || need+=(curl)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "apt-get install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+else
+  echo "not root or no apt-get: assuming iproute2, iptables and nix-bin are installed"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "building tests (fetches crates; the tests themselves run offline)"
+cargo build --locked --all-targets
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --locked --no-run >/dev/null
+  runner="cargo nextest run --offline --locked --no-fail-fast"
+else
+  runner="cargo test --offline --locked --no-fail-fast"
+fi
+
+step "test suite in an isolated network namespace: $runner"
+inner="ip link set lo up && echo 'interfaces in this namespace:' \$(ls /sys/class/net) && $runner"
+if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
+  unshare -n -- bash -c "$inner"
+elif unshare -rn true 2>/dev/null; then
+  # Unprivileged: a user namespace maps us to root inside it.
+  unshare -rn -- bash -c "$inner"
+else
+  echo "error: cannot create a network namespace (need root or unprivileged user namespaces)." >&2
+  echo "       The suite refuses to run on the host network." >&2
+  exit 1
+fi
+
+if [ "$quick" = 1 ]; then
+  step "done (quick)"
+  exit 0
+fi
+
+if [ -x scripts/bench-quick.sh ]; then
+  step "benchmark, quick mode"
+  scripts/bench-quick.sh
+fi
+
+if [ -x scripts/check-nix.sh ]; then
+  step "Nix checks"
+  scripts/check-nix.sh
+fi
+
+step "all checks passed"

@@ -1,0 +1,244 @@
+//! Test harness: real `x0x-bootstrap` processes on loopback.
+//!
+//! Every cluster lives on its own `127.<net>.0.0/24` block (one test, one
+//! `net`), each node on `127.<net>.0.<i+1>` with the production ports
+//! (QUIC 12000, health 12600), so tests run in parallel without port
+//! races. Nothing here uses an address outside 127.0.0.0/8.
+//!
+//! The suite is meant to run inside an isolated network namespace (see
+//! `scripts/test.sh`); [`require_isolated_network`] refuses to run a
+//! networked test on a machine with other interfaces unless
+//! `X0X_ALLOW_HOST_NETWORK=1`.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_x0x-bootstrap");
+
+/// Panic unless the only network interface is loopback (we are in a
+/// namespace of our own), or the developer explicitly allowed otherwise.
+pub fn require_isolated_network() {
+    if std::env::var_os("X0X_ALLOW_HOST_NETWORK").is_some() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    let others: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "networked tests must run in an isolated network namespace (found interfaces {others:?}); \
+         use scripts/test.sh, or set X0X_ALLOW_HOST_NETWORK=1 to run on this host's loopback"
+    );
+}
+
+/// Poll `f` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns the body of a 200 response.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+pub fn ip(net: u8, host: u8) -> String {
+    format!("127.{net}.0.{host}")
+}
+
+/// One node process and its files.
+pub struct NodeProc {
+    pub index: usize,
+    pub quic: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.index);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "x0x=debug,info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn x0x-bootstrap");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// Wait for the process to exit (after a signal), up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn health(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&http_get(self.health_addr, "/health")?).ok()
+    }
+
+    pub fn peers(&self) -> Option<u64> {
+        self.health()?.get("peers")?.as_u64()
+    }
+
+    pub fn peer_id(&self) -> Option<String> {
+        Some(self.health()?.get("peer_id")?.as_str()?.to_string())
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.health_addr, "/metrics").unwrap_or_default()
+    }
+
+    /// The value of one metric line (`name` including labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A set of nodes on `127.<net>.0.0/24`.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    /// `n` nodes configured as a full mesh; `extra` is appended to every
+    /// node's TOML (it may add tables, e.g. `[roles]`).
+    pub fn full_mesh(net: u8, n: usize, extra: &str) -> Self {
+        require_isolated_network();
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = (0..n)
+            .map(|i| {
+                let peers: Vec<String> = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("\"{}:12000\"", ip(net, j as u8 + 1)))
+                    .collect();
+                let toml = format!(
+                    "listen = \"{ip}:12000\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{ip}:12600\"\n\n{extra}\n",
+                    ip = ip(net, i as u8 + 1),
+                    peers = peers.join(", "),
+                    state = dir.path().join(format!("state{i}")).display(),
+                );
+                Self::node(dir.path(), i, net, &toml)
+            })
+            .collect();
+        Self { dir, nodes }
+    }
+
+    fn node(dir: &Path, i: usize, net: u8, toml: &str) -> NodeProc {
+        let config = dir.join(format!("node{i}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        NodeProc {
+            index: i,
+            quic: format!("{}:12000", ip(net, i as u8 + 1)).parse().unwrap(),
+            health_addr: format!("{}:12600", ip(net, i as u8 + 1)).parse().unwrap(),
+            config,
+            log: dir.join(format!("node{i}.log")),
+            child: None,
+        }
+    }
+
+    pub fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            n.start();
+        }
+    }
+
+    /// Every running node in `which` reports `peers == want`.
+    pub fn all_report(&self, which: &[usize], want: u64) -> bool {
+        which.iter().all(|&i| self.nodes[i].peers() == Some(want))
+    }
+
+    pub fn wait_all_report(&self, which: &[usize], want: u64, timeout: Duration) -> bool {
+        wait_until(timeout, || self.all_report(which, want))
+    }
+
+    pub fn peer_counts(&self) -> Vec<Option<u64>> {
+        self.nodes.iter().map(|n| n.peers()).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- node {} log (last 40 lines) ----", n.index);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The six-node mesh, run as six real `x0x-bootstrap` processes on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+const ALL: [usize; 6] = [0, 1, 2, 3, 4, 5];
+const OTHERS: [usize; 5] = [1, 2, 3, 4, 5];
+
+#[test]
+fn six_nodes_form_a_full_mesh() {
+    let mut c = Cluster::full_mesh(21, 6, "");
+    let started = Instant::now();
+    c.start_all();
+    assert!(
+        c.wait_all_report(&ALL, 5, Duration::from_secs(30)),
+        "mesh did not form: {:?}",
+        c.peer_counts()
+    );
+    eprintln!("mesh formed in {:?}", started.elapsed());
+    for n in &c.nodes {
+        let h = n.health().unwrap();
+        assert_eq!(h["status"], "healthy");
+        assert_eq!(h["expected_peers"], 5);
+        assert_eq!(h["agents"], 0);
+        assert_eq!(h["peer_id"].as_str().unwrap().len(), 64);
+    }
+    // Distinct identities, and one connection per pair: after the dust
+    // settles every node holds exactly 5 node connections (the gauge).
+    let ids: std::collections::HashSet<_> = c.nodes.iter().map(|n| n.peer_id().unwrap()).collect();
+    assert_eq!(ids.len(), 6);
+    assert!(common::wait_until(Duration::from_secs(5), || c
+        .nodes
+        .iter()
+        .all(|n| n.metric("x0x_peers_connected") == 5.0)));
+}
+
+#[test]
+fn a_killed_node_is_dropped_and_rejoins_with_the_same_identity() {
+    let mut c = Cluster::full_mesh(22, 6, "");
+    c.start_all();
+    assert!(c.wait_all_report(&ALL, 5, Duration::from_secs(30)), "{:?}", c.peer_counts());
+    let id_before = c.nodes[0].peer_id().unwrap();
+
+    c.nodes[0].kill9();
+    // No close frame: the others notice through the idle timeout (10 s).
+    let killed = Instant::now();
+    assert!(
+        c.wait_all_report(&OTHERS, 4, Duration::from_secs(20)),
+        "others did not drop to 4: {:?}",
+        c.peer_counts()
+    );
+    eprintln!("dead peer detected after {:?}", killed.elapsed());
+    assert_eq!(c.nodes[1].health().unwrap()["status"], "degraded");
+
+    let restarted = Instant::now();
+    c.nodes[0].start();
+    assert!(
+        c.wait_all_report(&ALL, 5, Duration::from_secs(20)),
+        "mesh did not heal: {:?}",
+        c.peer_counts()
+    );
+    eprintln!("mesh healed {:?} after restart", restarted.elapsed());
+    assert_eq!(c.nodes[0].peer_id().unwrap(), id_before, "identity must persist");
+}
+
+#[test]
+fn sigterm_closes_connections_so_peers_see_it_at_once() {
+    let mut c = Cluster::full_mesh(23, 6, "");
+    c.start_all();
+    assert!(c.wait_all_report(&ALL, 5, Duration::from_secs(30)), "{:?}", c.peer_counts());
+
+    let sent = Instant::now();
+    c.nodes[0].signal("TERM");
+    let seen = c.wait_all_report(&OTHERS, 4, Duration::from_secs(2));
+    let elapsed = sent.elapsed();
+    assert!(seen, "peers still at {:?} 2 s after SIGTERM", c.peer_counts());
+    eprintln!("peers saw the departure after {elapsed:?}");
+    let status = c.nodes[0].wait_exit(Duration::from_secs(5)).expect("exited within 5 s");
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn sigint_also_shuts_down_gracefully() {
+    let mut c = Cluster::full_mesh(24, 2, "");
+    c.start_all();
+    assert!(c.wait_all_report(&[0, 1], 1, Duration::from_secs(30)), "{:?}", c.peer_counts());
+    c.nodes[0].signal("INT");
+    assert!(c.wait_all_report(&[1], 0, Duration::from_secs(2)));
+    let status = c.nodes[0].wait_exit(Duration::from_secs(5)).expect("exited within 5 s");
+    assert!(status.success(), "exit status {status}");
+}
