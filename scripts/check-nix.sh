@@ -39,7 +39,8 @@ command -v nix-instantiate >/dev/null || { echo "FAIL nix-instantiate missing (a
 
 # `cargo install` of a pinned version, skipped when that version is already installed.
 ensure_crate() { # crate version binary
-  if ! "$3" --version 2>/dev/null | grep -qF "$2"; then
+  # (nixpkgs-fmt --version exits 1 after printing its version.)
+  if ! { "$3" --version 2>/dev/null || true; } | grep -qF "$2"; then
     local t0
     t0=$(date +%s)
     cargo install --locked --quiet "$1@$2" || { echo "FAIL cargo install $1@$2"; exit 1; }
