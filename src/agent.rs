@@ -354,6 +354,17 @@ async fn maintain(
         match attempt {
             Ok((conn, control, info)) => {
                 backoff.reset();
+                inner
+                    .links
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        info.peer_id,
+                        Link {
+                            conn: conn.clone(),
+                            info: info.clone(),
+                        },
+                    );
                 let registered = register(&inner, &conn, &info).await;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok((info.clone(), registered)));
@@ -451,17 +462,6 @@ async fn run_link(
 ) {
     let (_send, mut control) = control;
     let node = info.peer_id;
-    inner
-        .links
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            node,
-            Link {
-                conn: conn.clone(),
-                info,
-            },
-        );
     let pushes = async {
         while let Ok(Some(msg)) = wire::read_frame(&mut control).await {
             if let Message::Introduction { record } = msg {

@@ -200,10 +200,14 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_number(text, s.start));
+            let table = line.and_then(|l| table_at(text, l));
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line,
-                message: e.message().trim().to_string(),
+                message: match table {
+                    Some(t) => format!("in [{t}]: {}", e.message().trim()),
+                    None => e.message().trim().to_string(),
+                },
                 snippet: line
                     .and_then(|l| text.lines().nth(l - 1))
                     .map(|s| s.trim().to_string()),
@@ -313,6 +317,21 @@ fn line_number(text: &str, byte: usize) -> usize {
     text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
+/// The `[table]` in effect at `line` (1-based), if any.
+fn table_at(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter_map(|l| l.trim().strip_prefix('['))
+        .map(|h| h.trim_end_matches(']').trim().to_string())
+        .last()
+        .filter(|_| {
+            !text
+                .lines()
+                .nth(line - 1)
+                .is_some_and(|l| l.trim().starts_with('['))
+        })
+}
+
 /// The line where `key` is set inside `[table]` (`""` for the top level).
 fn find_key_line(text: &str, table: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
@@ -393,7 +412,7 @@ format = "json"
             .unwrap_err()
             .to_string();
         assert!(err.contains("node.toml:3"), "{err}");
-        assert!(err.contains("relays"), "{err}");
+        assert!(err.contains("[roles]") && err.contains("relays"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,11 @@ fn six_nodes_form_a_full_mesh() {
 fn a_killed_node_is_dropped_and_rejoins_with_the_same_identity() {
     let mut c = Cluster::full_mesh(22, 6, "");
     c.start_all();
-    assert!(c.wait_all_report(&ALL, 5, Duration::from_secs(30)), "{:?}", c.peer_counts());
+    assert!(
+        c.wait_all_report(&ALL, 5, Duration::from_secs(30)),
+        "{:?}",
+        c.peer_counts()
+    );
     let id_before = c.nodes[0].peer_id().unwrap();
 
     c.nodes[0].kill9();
@@ -63,22 +67,36 @@ fn a_killed_node_is_dropped_and_rejoins_with_the_same_identity() {
         c.peer_counts()
     );
     eprintln!("mesh healed {:?} after restart", restarted.elapsed());
-    assert_eq!(c.nodes[0].peer_id().unwrap(), id_before, "identity must persist");
+    assert_eq!(
+        c.nodes[0].peer_id().unwrap(),
+        id_before,
+        "identity must persist"
+    );
 }
 
 #[test]
 fn sigterm_closes_connections_so_peers_see_it_at_once() {
     let mut c = Cluster::full_mesh(23, 6, "");
     c.start_all();
-    assert!(c.wait_all_report(&ALL, 5, Duration::from_secs(30)), "{:?}", c.peer_counts());
+    assert!(
+        c.wait_all_report(&ALL, 5, Duration::from_secs(30)),
+        "{:?}",
+        c.peer_counts()
+    );
 
     let sent = Instant::now();
     c.nodes[0].signal("TERM");
     let seen = c.wait_all_report(&OTHERS, 4, Duration::from_secs(2));
     let elapsed = sent.elapsed();
-    assert!(seen, "peers still at {:?} 2 s after SIGTERM", c.peer_counts());
+    assert!(
+        seen,
+        "peers still at {:?} 2 s after SIGTERM",
+        c.peer_counts()
+    );
     eprintln!("peers saw the departure after {elapsed:?}");
-    let status = c.nodes[0].wait_exit(Duration::from_secs(5)).expect("exited within 5 s");
+    let status = c.nodes[0]
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited within 5 s");
     assert!(status.success(), "exit status {status}");
 }
 
@@ -86,9 +104,15 @@ fn sigterm_closes_connections_so_peers_see_it_at_once() {
 fn sigint_also_shuts_down_gracefully() {
     let mut c = Cluster::full_mesh(24, 2, "");
     c.start_all();
-    assert!(c.wait_all_report(&[0, 1], 1, Duration::from_secs(30)), "{:?}", c.peer_counts());
+    assert!(
+        c.wait_all_report(&[0, 1], 1, Duration::from_secs(30)),
+        "{:?}",
+        c.peer_counts()
+    );
     c.nodes[0].signal("INT");
     assert!(c.wait_all_report(&[1], 0, Duration::from_secs(2)));
-    let status = c.nodes[0].wait_exit(Duration::from_secs(5)).expect("exited within 5 s");
+    let status = c.nodes[0]
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited within 5 s");
     assert!(status.success(), "exit status {status}");
 }

@@ -62,7 +62,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
         .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
 
@@ -241,4 +242,30 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// An agent network configuration that joins only the given local nodes,
+/// binding the agent to `127.<net>.1.<host>`.
+pub fn agent_network(net: u8, host: u8, nodes: &[&NodeProc]) -> x0x::NetworkConfig {
+    let mut cfg =
+        x0x::NetworkConfig::with_bootstrap_peers(nodes.iter().map(|n| n.quic.into()).collect());
+    cfg.bind = format!("127.{net}.1.{host}:0").parse().unwrap();
+    cfg.join_timeout = Duration::from_secs(10);
+    cfg
+}
+
+/// Build an agent and join the given nodes.
+pub async fn joined_agent(net: u8, host: u8, nodes: &[&NodeProc]) -> (x0x::Agent, x0x::JoinReport) {
+    let agent = x0x::Agent::builder()
+        .network(agent_network(net, host, nodes))
+        .build()
+        .await
+        .expect("agent binds");
+    let report = agent.join_network().await.expect("agent joins");
+    (agent, report)
+}
+
+/// Run blocking harness calls (HTTP polls) off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
 }
