@@ -83,6 +83,10 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    pub fn start_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.child.is_none(), "node {} already running", self.index);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -94,6 +98,7 @@ impl NodeProc {
             .arg(&self.config)
             .env("RUST_LOG", "x0x=debug,info")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
