@@ -48,7 +48,7 @@ else
 fi
 
 step "test suite in an isolated network namespace: $runner"
-inner="ip link set lo up && echo 'interfaces in this namespace:' \$(ls /sys/class/net) && $runner"
+inner="ip link set lo up && echo \"interfaces in this namespace: \$(ip -o link show | cut -d: -f2 | xargs)\" && $runner"
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
   unshare -n -- bash -c "$inner"
 elif unshare -rn true 2>/dev/null; then

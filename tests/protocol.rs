@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{Cluster, blocking};
 use quinn::{ConnectionError, VarInt};
-use tokio::io::AsyncWriteExt;
 use x0x::identity::Identity;
 use x0x::transport::{self, TransportOptions};
 use x0x::wire::{self, Message, PeerKind, close};

@@ -25,13 +25,15 @@ pub fn require_isolated_network() {
     if std::env::var_os("X0X_ALLOW_HOST_NETWORK").is_some() {
         return;
     }
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
-        return;
-    };
-    let others: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lo")
+    // /proc/net/dev lists the interfaces of *this* network namespace
+    // (/sys/class/net may still show the host's).
+    let devs = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    let others: Vec<&str> = devs
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .filter(|n| *n != "lo")
         .collect();
     assert!(
         others.is_empty(),
