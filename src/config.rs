@@ -150,7 +150,8 @@ impl TransportConfig {
 pub struct Limits {
     /// Connections (nodes and agents) held at once; more are refused.
     pub max_connections: usize,
-    /// Largest relayed datagram payload.
+    /// Largest relayed datagram payload (after the 32-byte peer id). Relayed
+    /// agent connections need at least 1 201 (a 1 200-byte QUIC packet and a tag byte).
     pub relay_datagram_bytes: usize,
     /// Relay bandwidth one peer may use (token bucket, 1 s burst).
     pub relay_peer_bytes_per_sec: u64,
@@ -162,7 +163,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 16_384,
-            relay_datagram_bytes: 1_200,
+            relay_datagram_bytes: 1_500,
             relay_peer_bytes_per_sec: 1024 * 1024,
             relay_global_bytes_per_sec: 128 * 1024 * 1024,
         }

@@ -22,6 +22,7 @@ pub mod coordinator;
 pub mod health;
 pub mod identity;
 pub mod metrics;
+pub mod mux_socket;
 pub mod network;
 pub mod node;
 pub mod reflector;

@@ -100,12 +100,11 @@ fn bind_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::Udp
     Ok(socket.into())
 }
 
-/// A bound QUIC endpoint that can both accept and dial.
-pub fn endpoint(
+/// Server and client QUIC configurations for `identity`.
+pub fn configs(
     identity: &Identity,
-    addr: SocketAddr,
     opts: &TransportOptions,
-) -> Result<quinn::Endpoint, TransportError> {
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let transport = Arc::new(transport_config(opts)?);
 
     let server_tls = QuicServerConfig::try_from(tls::server_config(identity)?)
@@ -117,9 +116,25 @@ pub fn endpoint(
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
     client.transport_config(transport);
+    Ok((server, client))
+}
 
-    let socket = bind_socket(addr, opts.udp_buffer_bytes)
-        .map_err(|source| TransportError::Bind { addr, source })?;
+/// Bind a UDP socket for an endpoint (see [`bind_socket`]), naming the address on error.
+pub fn udp_socket(
+    addr: SocketAddr,
+    opts: &TransportOptions,
+) -> Result<std::net::UdpSocket, TransportError> {
+    bind_socket(addr, opts.udp_buffer_bytes).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// A bound QUIC endpoint that can both accept and dial.
+pub fn endpoint(
+    identity: &Identity,
+    addr: SocketAddr,
+    opts: &TransportOptions,
+) -> Result<quinn::Endpoint, TransportError> {
+    let (server, client) = configs(identity, opts)?;
+    let socket = udp_socket(addr, opts)?;
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),

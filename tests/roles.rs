@@ -121,6 +121,7 @@ async fn relay_forwards_opaque_datagrams_by_peer_id() {
     let node = ra.connected[0].peer_id;
 
     // Arbitrary bytes (not a valid frame of anything) arrive unchanged.
+    // (The relay counts 257 bytes: the agent tags application datagrams.)
     let payload: Vec<u8> = (0..=255u8).rev().collect();
     a.send_relayed(node, b.peer_id(), &payload).unwrap();
     let got = recv(&b).await.expect("B receives the relayed datagram");
@@ -138,7 +139,7 @@ async fn relay_forwards_opaque_datagrams_by_peer_id() {
         "{m}"
     );
     assert!(m.contains("x0x_relay_datagrams_total 1"), "{m}");
-    assert!(m.contains("x0x_relay_bytes_total 256"), "{m}");
+    assert!(m.contains("x0x_relay_bytes_total 257"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,10 +24,23 @@ use tracing::debug;
 
 use crate::backoff::Backoff;
 use crate::identity::{Identity, PeerId};
+use crate::mux_socket::MuxSocket;
 use crate::network::{NetworkConfig, PeerAddr};
 use crate::relay;
 use crate::transport::{self, TransportError, TransportOptions};
 use crate::wire::{self, AgentRecord, Message, PeerKind, RoleSet, close};
+
+mod peer;
+
+pub use peer::{ConnectOptions, PathKind, PeerConnection};
+
+/// First byte of a relayed payload: an agent-to-agent QUIC packet.
+const TAG_QUIC: u8 = b'Q';
+/// First byte of a relayed payload: an application datagram ([`Agent::send_relayed`]).
+const TAG_APP: u8 = b'A';
+/// How long an introduced agent keeps punching toward the introduced peer.
+const PUNCH_FOR: Duration = Duration::from_secs(2);
+const PUNCH_EVERY: Duration = Duration::from_millis(100);
 
 /// How long one dial or one request may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +67,8 @@ pub enum AgentError {
     Timeout,
     #[error("cannot send datagram: {0}")]
     Datagram(#[from] quinn::SendDatagramError),
+    #[error("cannot reach peer {peer}: {}", .reasons.join("; "))]
+    Unreachable { peer: PeerId, reasons: Vec<String> },
 }
 
 impl From<wire::WireError> for AgentError {
@@ -123,23 +138,43 @@ impl AgentBuilder {
             idle_timeout: network.idle_timeout,
             ..TransportOptions::default()
         };
-        let endpoint = transport::endpoint(&identity, network.bind, &opts)?;
+        let (server, client) = transport::configs(&identity, &opts)?;
+        let udp = transport::udp_socket(network.bind, &opts)?;
+        let bind_err = |source| TransportError::Bind {
+            addr: network.bind,
+            source,
+        };
+        let (socket, relay_queue) = MuxSocket::new(udp).map_err(bind_err)?;
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
+        endpoint.set_default_client_config(client);
         let (intro_tx, intro_rx) = mpsc::channel(256);
         let (relay_tx, relay_rx) = mpsc::channel(4096);
+        let (accept_tx, accept_rx) = mpsc::channel(256);
         let cancel = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            peer_id: identity.peer_id(),
+            incarnation: rand::random(),
+            network,
+            endpoint,
+            socket,
+            links: Mutex::new(HashMap::new()),
+            intro_tx,
+            relay_tx,
+            cancel: cancel.clone(),
+        });
+        tokio::spawn(peer::pump_relayed(inner.clone(), relay_queue));
+        tokio::spawn(peer::accept_loop(inner.clone(), accept_tx));
         Ok(Agent {
-            inner: Arc::new(Inner {
-                peer_id: identity.peer_id(),
-                incarnation: rand::random(),
-                network,
-                endpoint,
-                links: Mutex::new(HashMap::new()),
-                intro_tx,
-                relay_tx,
-                cancel: cancel.clone(),
-            }),
+            inner,
             introductions: AsyncMutex::new(intro_rx),
             relayed: AsyncMutex::new(relay_rx),
+            accepted: AsyncMutex::new(accept_rx),
             _guard: cancel.drop_guard(),
         })
     }
@@ -155,6 +190,7 @@ struct Inner {
     incarnation: u64,
     network: NetworkConfig,
     endpoint: quinn::Endpoint,
+    socket: Arc<MuxSocket>,
     links: Mutex<HashMap<PeerId, Link>>,
     intro_tx: mpsc::Sender<AgentRecord>,
     relay_tx: mpsc::Sender<RelayedDatagram>,
@@ -166,6 +202,7 @@ pub struct Agent {
     inner: Arc<Inner>,
     introductions: AsyncMutex<mpsc::Receiver<AgentRecord>>,
     relayed: AsyncMutex<mpsc::Receiver<RelayedDatagram>>,
+    accepted: AsyncMutex<mpsc::Receiver<PeerConnection>>,
     _guard: DropGuard,
 }
 
@@ -264,7 +301,10 @@ impl Agent {
     /// Send `payload` to agent `to` through the relay of bootstrap node `via`.
     pub fn send_relayed(&self, via: PeerId, to: PeerId, payload: &[u8]) -> Result<(), AgentError> {
         let conn = self.inner.link(&via).ok_or(AgentError::UnknownNode(via))?;
-        conn.send_datagram(relay::join(&to, payload))?;
+        let mut tagged = Vec::with_capacity(payload.len() + 1);
+        tagged.push(TAG_APP);
+        tagged.extend_from_slice(payload);
+        conn.send_datagram(relay::join(&to, &tagged))?;
         Ok(())
     }
 
@@ -465,18 +505,28 @@ async fn run_link(
     let pushes = async {
         while let Ok(Some(msg)) = wire::read_frame(&mut control).await {
             if let Message::Introduction { record } = msg {
+                // Open our NAT toward the peer that is about to dial us.
+                tokio::spawn(punch(inner.socket.clone(), record.addrs.clone()));
                 let _ = inner.intro_tx.try_send(record);
             }
         }
     };
     let datagrams = async {
         while let Ok(d) = conn.read_datagram().await {
-            if let Some((from, payload)) = relay::split(&d) {
-                let _ = inner.relay_tx.try_send(RelayedDatagram {
-                    from,
-                    via: node,
-                    payload,
-                });
+            let Some((from, payload)) = relay::split(&d) else {
+                continue;
+            };
+            match payload.first() {
+                Some(&TAG_QUIC) => inner.socket.deliver(node, from, payload.slice(1..)),
+                Some(&TAG_APP) => {
+                    let payload = payload.slice(1..);
+                    let _ = inner.relay_tx.try_send(RelayedDatagram {
+                        from,
+                        via: node,
+                        payload,
+                    });
+                }
+                _ => {} // not ours: drop
             }
         }
     };
@@ -492,5 +542,16 @@ async fn run_link(
         .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
     {
         links.remove(&node);
+    }
+}
+
+/// Send punch packets to `addrs` for [`PUNCH_FOR`].
+async fn punch(socket: Arc<MuxSocket>, addrs: Vec<SocketAddr>) {
+    let rounds = PUNCH_FOR.as_millis() / PUNCH_EVERY.as_millis();
+    for _ in 0..rounds {
+        for addr in &addrs {
+            socket.punch(*addr);
+        }
+        tokio::time::sleep(PUNCH_EVERY).await;
     }
 }
