@@ -172,7 +172,7 @@ impl Lab {
     /// the test should then return, having printed why it skipped.
     pub fn new(test: &str) -> Option<Lab> {
         if let Err(why) = prerequisites() {
-            eprintln!("SKIPPED: {test}: needs root and ip netns ({why})");
+            skipped(test, &why);
             return None;
         }
         remove_stale_namespaces();
@@ -196,7 +196,7 @@ impl Lab {
         };
         let wan = lab.ns_name("wan");
         if let Err(why) = lab.try_add_namespace(&wan) {
-            eprintln!("SKIPPED: {test}: needs root and ip netns (ip netns add failed: {why})");
+            skipped(test, &format!("ip netns add failed: {why}"));
             return None;
         }
         lab.wan = wan.clone();
@@ -623,9 +623,17 @@ fn remove_stale_namespaces() {
         if name.split('-').count() != 3 || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        eprintln!("removing stale network namespace {name} (pid {pid} is gone)");
+        let msg = format!("removing stale network namespace {name} (pid {pid} is gone)\n");
+        std::io::stderr().write_all(msg.as_bytes()).ok();
         delete_namespace(&name);
     }
+}
+
+/// Say that `test` skipped, on stderr itself: libtest captures `eprintln!`
+/// of passing tests, and a skip must be visible.
+fn skipped(test: &str, why: &str) {
+    let line = format!("SKIPPED: {test}: needs root and ip netns ({why})\n");
+    std::io::stderr().write_all(line.as_bytes()).ok();
 }
 
 fn prerequisites() -> Result<(), String> {

@@ -85,7 +85,8 @@ fn partition_rules(nodes: &[Node]) -> Vec<Vec<String>> {
 
 #[test]
 fn a_partition_into_two_groups_of_three_for_30_s_heals() {
-    let Some(mut lab) = Lab::new("mesh::partition_heals") else {
+    let Some(mut lab) = Lab::new("mesh::a_partition_into_two_groups_of_three_for_30_s_heals")
+    else {
         return;
     };
     let nodes = six_node_fleet(&mut lab);

@@ -58,7 +58,9 @@ fn send_seen(from: &UdpSocket, peer: &UdpSocket, dest: SocketAddr, msg: &str) ->
 
 #[test]
 fn port_preserving_nat_keeps_the_port_and_drops_unsolicited_packets() {
-    let Some(mut lab) = Lab::new("nat_model::port_preserving") else {
+    let Some(mut lab) =
+        Lab::new("nat_model::port_preserving_nat_keeps_the_port_and_drops_unsolicited_packets")
+    else {
         return;
     };
     let s1 = lab.public_host("s1");
@@ -120,7 +122,9 @@ fn port_preserving_nat_keeps_the_port_and_drops_unsolicited_packets() {
 
 #[test]
 fn random_port_nat_maps_each_destination_to_its_own_port() {
-    let Some(mut lab) = Lab::new("nat_model::random_port") else {
+    let Some(mut lab) =
+        Lab::new("nat_model::random_port_nat_maps_each_destination_to_its_own_port")
+    else {
         return;
     };
     let s1 = lab.public_host("s1");
@@ -154,7 +158,8 @@ fn random_port_nat_maps_each_destination_to_its_own_port() {
 
 #[test]
 fn rebinding_moves_the_mapping_to_the_new_address() {
-    let Some(mut lab) = Lab::new("nat_model::rebinding") else {
+    let Some(mut lab) = Lab::new("nat_model::rebinding_moves_the_mapping_to_the_new_address")
+    else {
         return;
     };
     let s1 = lab.public_host("s1");
