@@ -8,11 +8,15 @@
 //! when it fails. Only addresses inside those namespaces are used: the
 //! bootstrap hosts of hosts/inventory.toml are remapped to the lab's.
 
+#[path = "netns/agents.rs"]
+mod agents;
 #[path = "netns/fleet.rs"]
 mod fleet;
 #[path = "netns/lab.rs"]
 mod lab;
 #[path = "netns/mesh.rs"]
 mod mesh;
+#[path = "netns/nat.rs"]
+mod nat;
 #[path = "netns/nat_model.rs"]
 mod nat_model;

@@ -387,7 +387,7 @@ impl Lab {
     /// makes the kernel delete every NAT mapping made with it, so each
     /// inside flow gets a new mapping on its next packet; packets sent to
     /// the old mapping are no longer delivered.
-    pub fn rebind(&mut self, router: &mut Router) -> Ipv4Addr {
+    pub fn rebind(&self, router: &mut Router) -> Ipv4Addr {
         let old = router.public;
         let new = Ipv4Addr::new(198, 18, router.link, old.octets()[3] + 1);
         let ns = router.ns.clone();

@@ -4,8 +4,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
+use crate::agents;
 use crate::fleet::{self, Node, peer_counts, wait_peers};
-use crate::lab::Lab;
+use crate::lab::{Host, Lab, wait_until};
 
 const ALL: [usize; 6] = [0, 1, 2, 3, 4, 5];
 const SIDE_A: [usize; 3] = [0, 1, 2];
@@ -59,18 +62,18 @@ fn six_inventory_hosts_form_a_full_mesh() {
 }
 
 /// DROP every packet between the two sides, in the wan router.
-fn partition_rules(nodes: &[Node]) -> Vec<Vec<String>> {
+fn partition_rules(side_a: &[Ipv4Addr], side_b: &[Ipv4Addr]) -> Vec<Vec<String>> {
     let mut rules = Vec::new();
-    for &a in &SIDE_A {
-        for &b in &SIDE_B {
+    for a in side_a {
+        for b in side_b {
             for (src, dst) in [(a, b), (b, a)] {
                 rules.push(
                     [
                         "FORWARD",
                         "-s",
-                        &nodes[src].host.addr.to_string(),
+                        &src.to_string(),
                         "-d",
-                        &nodes[dst].host.addr.to_string(),
+                        &dst.to_string(),
                         "-j",
                         "DROP",
                     ]
@@ -83,6 +86,13 @@ fn partition_rules(nodes: &[Node]) -> Vec<Vec<String>> {
     rules
 }
 
+/// Look `peer` up from `host` through `node` until found or `timeout`.
+fn found_within(lab: &Lab, host: &Host, peer: &str, node: &Node, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        agents::lookup(lab, host, peer, &[node]).1.is_some()
+    })
+}
+
 #[test]
 fn a_partition_into_two_groups_of_three_for_30_s_heals() {
     let Some(mut lab) = Lab::new("mesh::a_partition_into_two_groups_of_three_for_30_s_heals")
@@ -90,8 +100,26 @@ fn a_partition_into_two_groups_of_three_for_30_s_heals() {
         return;
     };
     let nodes = six_node_fleet(&mut lab);
+    // One agent host per side; each listener registers at one node of its side.
+    let ha = lab.public_host("ha");
+    let hb = lab.public_host("hb");
+    let la = agents::listen(&mut lab, &ha, "la", 40000, &[&nodes[0]]);
+    let lb = agents::listen(&mut lab, &hb, "lb", 40000, &[&nodes[3]]);
+    // Before: the directory spans the mesh.
+    assert!(
+        found_within(&lab, &hb, &la.peer_id, &nodes[4], Duration::from_secs(10)),
+        "before the partition, la (at {}) is not found through {}",
+        nodes[0].inventory.name,
+        nodes[4].inventory.name
+    );
+
+    let side = |idx: &[usize], agent: &Host| {
+        let mut v: Vec<Ipv4Addr> = idx.iter().map(|&i| nodes[i].host.addr).collect();
+        v.push(agent.addr);
+        v
+    };
+    let rules = partition_rules(&side(&SIDE_A, &ha), &side(&SIDE_B, &hb));
     let wan = lab.wan.clone();
-    let rules = partition_rules(&nodes);
     for r in &rules {
         let mut args = vec!["-A"];
         args.extend(r.iter().map(String::as_str));
@@ -113,6 +141,34 @@ fn a_partition_into_two_groups_of_three_for_30_s_heals() {
     for n in &nodes {
         assert_eq!(n.health_json().unwrap()["status"], "degraded");
     }
+
+    // The directory keeps working inside each side: the listeners are
+    // found through the other nodes of their side, and an agent that
+    // registers during the partition is found too.
+    for (l, host, via) in [(&la, &ha, &nodes[1]), (&lb, &hb, &nodes[4])] {
+        let (ran, record) = agents::lookup(&lab, host, &l.peer_id, &[via]);
+        assert!(
+            record.is_some(),
+            "during the partition, {} is not found through {}: {ran}",
+            l.name,
+            via.inventory.name
+        );
+    }
+    let ha2 = lab.public_host("ha2");
+    let rules_a2 = partition_rules(&[ha2.addr], &side(&SIDE_B, &hb));
+    for r in &rules_a2 {
+        let mut args = vec!["-A"];
+        args.extend(r.iter().map(String::as_str));
+        lab.iptables(&wan, &args);
+    }
+    let la2 = agents::listen(&mut lab, &ha2, "la2", 40000, &[&nodes[2]]);
+    assert!(
+        found_within(&lab, &ha, &la2.peer_id, &nodes[1], Duration::from_secs(10)),
+        "during the partition, la2 (registered at {}) is not found through {}",
+        nodes[2].inventory.name,
+        nodes[1].inventory.name
+    );
+
     // Hold the partition for 30 s in all; the sides stay at 2 throughout.
     while cut.elapsed() < Duration::from_secs(30) {
         let counts = peer_counts(&nodes);
@@ -123,7 +179,7 @@ fn a_partition_into_two_groups_of_three_for_30_s_heals() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    for r in &rules {
+    for r in rules.iter().chain(&rules_a2) {
         let mut args = vec!["-D"];
         args.extend(r.iter().map(String::as_str));
         lab.iptables(&wan, &args);
@@ -142,4 +198,22 @@ fn a_partition_into_two_groups_of_three_for_30_s_heals() {
     for n in &nodes {
         assert_eq!(n.health_json().unwrap()["status"], "healthy");
     }
+    // And the directory spans the mesh again.
+    for (l, host, via) in [
+        (&la, &hb, &nodes[5]),
+        (&la2, &hb, &nodes[4]),
+        (&lb, &ha, &nodes[1]),
+    ] {
+        assert!(
+            found_within(&lab, host, &l.peer_id, via, Duration::from_secs(15)),
+            "after the heal, {} is not found through {}",
+            l.name,
+            via.inventory.name
+        );
+    }
+    eprintln!(
+        "{}: directory whole again {:?} after the heal",
+        lab.test,
+        healed.elapsed()
+    );
 }
