@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build and run the x0x benchmark in quick mode (a few seconds per scenario,
+# small counts) inside an isolated network namespace with only a loopback
+# interface, print its table, and fail if the benchmark itself fails.
+# scripts/test.sh runs this, so the benchmark cannot rot.
+#
+#   scripts/bench-quick.sh                    quick mode, JSON to target/bench-quick.json
+#   scripts/bench-quick.sh --full --json F    any x0x-bench arguments instead (full mode: docs/BENCHMARKS.md)
+#
+# X0X_BENCH_PROFILE=debug uses the debug build (faster to build, slower to run;
+# its figures mean nothing). Default: release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile="${X0X_BENCH_PROFILE:-release}"
+case "$profile" in
+  release) cargo build --locked --release --bins; dir=target/release ;;
+  debug) cargo build --locked --bins; dir=target/debug ;;
+  *) echo "X0X_BENCH_PROFILE must be release or debug" >&2; exit 2 ;;
+esac
+
+if [ $# -eq 0 ]; then
+  set -- --quick --json target/bench-quick.json
+fi
+args=""
+for a in "$@"; do args="$args $(printf '%q' "$a")"; done
+inner="ip link set lo up && $dir/x0x-bench --node-bin $dir/x0x-bootstrap$args"
+
+if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
+  exec unshare -n -- bash -c "$inner"
+elif unshare -rn true 2>/dev/null; then
+  exec unshare -rn -- bash -c "$inner"
+else
+  echo "error: cannot create a network namespace (need root or unprivileged user namespaces);" >&2
+  echo "       the benchmark refuses to run on the host network." >&2
+  exit 1
+fi
