@@ -27,6 +27,11 @@ pub struct Listener {
 }
 
 fn bootstrap_args(nodes: &[&Node]) -> Vec<String> {
+    // Without --bootstrap the CLI would use the production nodes.
+    assert!(
+        !nodes.is_empty(),
+        "an agent needs the lab's bootstrap nodes"
+    );
     nodes
         .iter()
         .flat_map(|n| ["--bootstrap".to_string(), n.quic.to_string()])

@@ -45,7 +45,10 @@ static RUNS: AtomicU32 = AtomicU32::new(0);
 unsafe extern "C" {
     /// glibc's setns(2): move the calling thread into another namespace.
     fn setns(fd: c_int, nstype: c_int) -> c_int;
+    /// kill(2); /bin/kill is not on every machine (procps).
+    fn kill(pid: c_int, sig: c_int) -> c_int;
 }
+const SIGKILL: c_int = 9;
 const CLONE_NEWNET: c_int = 0x4000_0000;
 
 /// How a home router maps its LAN hosts' source ports.
@@ -593,7 +596,10 @@ impl Drop for Lab {
 fn delete_namespace(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            Command::new("kill").args(["-KILL", pid]).status().ok();
+            if let Ok(pid) = pid.parse::<c_int>() {
+                // SAFETY: kill(2) with a pid `ip netns pids` listed in our namespace.
+                unsafe { kill(pid, SIGKILL) };
+            }
         }
     }
     let ok = Command::new("ip")

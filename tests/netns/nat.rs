@@ -107,6 +107,10 @@ fn agents_behind_two_port_preserving_nats_connect_direct() {
         "direct, yet the wan forwarded only {b_to_a} bytes b->a and {a_to_b} a->b"
     );
     let relayed = agents::relayed_bytes(&n) - relayed_before;
+    eprintln!(
+        "{}: wan forwarded {b_to_a} bytes b->a, {a_to_b} a->b; nodes relayed {relayed}",
+        lab.test
+    );
     assert!(
         relayed < BYTES as f64,
         "direct, yet the nodes relayed {relayed} bytes"
@@ -304,6 +308,9 @@ fn an_agent_whose_nat_rebinds_mid_connection_recovers_by_itself() {
     let recovered = wait_until(Duration::from_secs(45), || {
         let ran = agents::connect(&lab, &b.host, "b", PORT, &la.peer_id, &n);
         let ok = ran.code == Some(0);
+        if !ok {
+            eprintln!("{}: attempt after a's rebinding failed: {ran}", lab.test);
+        }
         last = Some(ran);
         ok
     });

@@ -65,12 +65,14 @@ fn port_preserving_nat_keeps_the_port_and_drops_unsolicited_packets() {
     };
     let s1 = lab.public_host("s1");
     let s2 = lab.public_host("s2");
+    let s3 = lab.public_host("s3");
     let mut r = lab.nat_router("r", Nat::PortPreserving);
     let c = lab.behind(&mut r, "c");
 
     let srv1 = udp(&s1, SERVER_PORT);
     let srv2 = udp(&s2, SERVER_PORT);
     let other = udp(&s2, SERVER_PORT + 1);
+    let stranger = udp(&s3, SERVER_PORT);
     let inside = udp(&c, INSIDE_PORT);
 
     // Unsolicited, before the inside host ever sent: from the very address
@@ -110,12 +112,14 @@ fn port_preserving_nat_keeps_the_port_and_drops_unsolicited_packets() {
     assert_eq!(seen1, to(r.public, INSIDE_PORT), "mapping towards s1");
     assert_eq!(seen2, to(r.public, INSIDE_PORT), "mapping towards s2");
 
-    // Replies come back; a third party is filtered (address-and-port
-    // dependent filtering: s2 port 7001 was never contacted).
+    // Replies come back; others are filtered (address-and-port dependent
+    // filtering: s2 port 7001 and host s3 were never contacted).
     srv1.send_to(b"reply 1", seen1).unwrap();
     assert_eq!(recv(&inside).map(|r| r.0).as_deref(), Some("reply 1"));
     other.send_to(b"third party", seen2).unwrap();
     assert_eq!(recv(&inside), None, "an uncontacted port got through");
+    stranger.send_to(b"stranger", seen2).unwrap();
+    assert_eq!(recv(&inside), None, "an uncontacted address got through");
     srv2.send_to(b"reply 2", seen2).unwrap();
     assert_eq!(recv(&inside).map(|r| r.0).as_deref(), Some("reply 2"));
 }
