@@ -13,9 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile="${X0X_BENCH_PROFILE:-release}"
+target="${CARGO_TARGET_DIR:-target}"
 case "$profile" in
-  release) cargo build --locked --release --bins; dir=target/release ;;
-  debug) cargo build --locked --bins; dir=target/debug ;;
+  release) cargo build --locked --release --bins; dir="$target/release" ;;
+  debug) cargo build --locked --bins; dir="$target/debug" ;;
   *) echo "X0X_BENCH_PROFILE must be release or debug" >&2; exit 2 ;;
 esac
 
@@ -24,7 +25,7 @@ if [ $# -eq 0 ]; then
 fi
 args=""
 for a in "$@"; do args="$args $(printf '%q' "$a")"; done
-inner="ip link set lo up && $dir/x0x-bench --node-bin $dir/x0x-bootstrap$args"
+inner="ip link set lo up && $(printf '%q' "$dir/x0x-bench") --node-bin $(printf '%q' "$dir/x0x-bootstrap")$args"
 
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
   exec unshare -n -- bash -c "$inner"

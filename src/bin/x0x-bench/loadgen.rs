@@ -28,6 +28,8 @@ pub enum LoadCmd {
     Hold(HoldArgs),
     /// Open new authenticated connections as fast as the node accepts them.
     Handshake(HandshakeArgs),
+    /// Bulk transfer and ping-pong between two agents, direct and relayed.
+    Transfer(crate::transfer::TransferArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +90,7 @@ pub async fn run(cmd: LoadCmd) -> Res<()> {
         LoadCmd::Join(a) => join(a).await,
         LoadCmd::Hold(a) => hold(a).await,
         LoadCmd::Handshake(a) => handshake(a).await,
+        LoadCmd::Transfer(a) => crate::transfer::run(a).await,
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod loadgen;
 mod procs;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,7 +47,7 @@ struct Cli {
     /// The node binary (default: `x0x-bootstrap` next to this binary).
     #[arg(long, value_name = "PATH", env = "X0X_BOOTSTRAP_BIN")]
     node_bin: Option<PathBuf>,
-    /// Run only these scenarios (comma-separated: mesh, join, agents, handshake).
+    /// Run only these scenarios (comma-separated: mesh, join, agents, handshake, transfer).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Override the number of concurrent agents to aim for.
@@ -79,6 +80,9 @@ struct Plan {
     idle_s: f64,
     handshake_s: f64,
     handshake_concurrency: usize,
+    transfer_mib: u64,
+    transfer_reps: usize,
+    pings: usize,
     baseline_mib: usize,
 }
 
@@ -95,6 +99,9 @@ impl Plan {
             idle_s: 2.0,
             handshake_s: 2.0,
             handshake_concurrency: 32,
+            transfer_mib: 16,
+            transfer_reps: 1,
+            pings: 100,
             baseline_mib: 64,
         }
     }
@@ -111,6 +118,9 @@ impl Plan {
             idle_s: 10.0,
             handshake_s: 10.0,
             handshake_concurrency: 32,
+            transfer_mib: 256,
+            transfer_reps: 3,
+            pings: 1000,
             baseline_mib: 512,
         }
     }
@@ -222,7 +232,7 @@ async fn bench(cli: Cli) -> Res<()> {
     if let Some(n) = cli.joins {
         plan.joins = n;
     }
-    let all = ["mesh", "join", "agents", "handshake"];
+    let all = ["mesh", "join", "agents", "handshake", "transfer"];
     for s in &cli.only {
         if !all.contains(&s.as_str()) {
             return Err(format!("unknown scenario {s:?} (known: {})", all.join(", ")).into());
@@ -259,6 +269,12 @@ async fn bench(cli: Cli) -> Res<()> {
         "1 = quick mode",
     );
 
+    figs.add(
+        "loadavg_start",
+        loadavg(),
+        "",
+        "1-minute load average before the run (others' work on a shared machine)",
+    );
     baseline(&ctx, &mut figs);
     if wanted("mesh") {
         step("mesh formation", &started);
@@ -278,6 +294,16 @@ async fn bench(cli: Cli) -> Res<()> {
         step("handshake rate", &started);
         handshakes(&ctx, &mut figs).await?;
     }
+    if wanted("transfer") {
+        step("direct and relayed transfer", &started);
+        transfers(&ctx, &mut figs).await?;
+    }
+    figs.add(
+        "loadavg_end",
+        loadavg(),
+        "",
+        "1-minute load average after the run",
+    );
     figs.add(
         "bench_duration_s",
         started.elapsed().as_secs_f64(),
@@ -295,6 +321,14 @@ async fn bench(cli: Cli) -> Res<()> {
 
 fn step(what: &str, started: &Instant) {
     eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Whether we run in a network namespace with only a loopback interface.
@@ -720,6 +754,106 @@ async fn handshakes(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         cpu_s * 1e3 / completed.max(1.0),
         "ms",
         "node CPU time per accepted connection",
+    );
+    Ok(())
+}
+
+/// `direct_mbit_s`, `relay_mbit_s`, `relay_ratio`, `relay_rtt_overhead_ms`:
+/// two agents on one node, `Agent::connect_with` direct then relayed.
+async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
+    // Relay limits raised far above what loopback can carry, so the
+    // figure is the relay's forwarding capacity, not its rate limiter.
+    let limits = "[limits]\nrelay_peer_bytes_per_sec = 100000000000\nrelay_global_bytes_per_sec = 100000000000\n";
+    let mut node = single_node(ctx, "transfer", 206, limits).await?;
+    let pid = node.pid()?;
+    let bytes = ctx.plan.transfer_mib * 1024 * 1024;
+    let bind: Vec<String> = (1..=4).map(|i| loopback(206, 1, i).to_string()).collect();
+    let args = vec![
+        "transfer".into(),
+        "--node".into(),
+        node.quic.to_string(),
+        "--bind".into(),
+        bind.join(","),
+        "--bytes".into(),
+        bytes.to_string(),
+        "--pings".into(),
+        ctx.plan.pings.to_string(),
+        "--reps".into(),
+        ctx.plan.transfer_reps.to_string(),
+    ];
+    let mut lg = LoadGen::spawn(&args)?;
+    let limit = Duration::from_secs(600);
+    lg.wait_event("relayed_start", limit).await?;
+    let cpu = CpuSample::take(pid)?;
+    let relayed0 = node.metric("x0x_relay_bytes").await;
+    lg.wait_event("relayed_end", limit).await?;
+    let (cpu_s, wall_s) = cpu.since(ctx.hz)?;
+    let relayed1 = node.metric("x0x_relay_bytes").await;
+    let r = lg.wait_event("done", Duration::from_secs(60)).await?;
+    lg.finish(Duration::from_secs(20)).await?;
+    node.check_alive()?;
+    let num = |k: &str| r[k].as_f64().ok_or_else(|| format!("transfer: no {k}"));
+    let (direct, relayed, base) = (
+        num("direct_mbit_s")?,
+        num("relayed_mbit_s")?,
+        num("baseline_mbit_s")?,
+    );
+    let (direct_rtt, relayed_rtt) = (num("direct_rtt_ms")?, num("relayed_rtt_ms")?);
+    let size = format!(
+        "{} MiB on one stream, median of {}",
+        ctx.plan.transfer_mib, ctx.plan.transfer_reps
+    );
+    figs.add(
+        "direct_mbit_s",
+        direct,
+        "Mbit/s",
+        format!("agent to agent, connect_with(allow_relay: false); {size}"),
+    );
+    figs.add(
+        "relay_mbit_s",
+        relayed,
+        "Mbit/s",
+        format!("same agents, connect_with(allow_direct: false), through the node; {size}"),
+    );
+    figs.add(
+        "relay_ratio",
+        relayed / direct,
+        "",
+        "relay_mbit_s / direct_mbit_s",
+    );
+    figs.add(
+        "relay_rtt_overhead_ms",
+        relayed_rtt - direct_rtt,
+        "ms",
+        format!(
+            "median ping-pong RTT relayed {relayed_rtt:.3} ms - direct {direct_rtt:.3} ms ({} round trips each)",
+            ctx.plan.pings
+        ),
+    );
+    figs.add(
+        "quinn_baseline_mbit_s",
+        base,
+        "Mbit/s",
+        format!(
+            "plain quinn (x0x TLS, default transport, UDP), same bytes, this run; RTT {:.3} ms",
+            num("baseline_rtt_ms")?
+        ),
+    );
+    figs.add(
+        "direct_ratio",
+        direct / base,
+        "",
+        "direct_mbit_s / quinn_baseline_mbit_s",
+    );
+    let moved = match (relayed0, relayed1) {
+        (Some(a), Some(b)) => format!("; node relayed {:.0} MiB", (b - a) / 1048576.0),
+        _ => String::new(),
+    };
+    figs.add(
+        "relay_node_cpu_pct",
+        cpu_s / wall_s * 100.0,
+        "%",
+        format!("node CPU during the relayed transfers, % of one core{moved}"),
     );
     Ok(())
 }
