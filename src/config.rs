@@ -157,6 +157,12 @@ pub struct Limits {
     pub relay_peer_bytes_per_sec: u64,
     /// Relay bandwidth for all peers together.
     pub relay_global_bytes_per_sec: u64,
+    /// Distinct destinations one peer may relay to at once.
+    pub relay_circuits_per_peer: usize,
+    /// Relay circuits (source and destination pairs) open at once, in all.
+    pub relay_circuits: usize,
+    /// New inbound connections accepted per second (burst: one second's worth).
+    pub accept_per_sec: u64,
 }
 
 impl Default for Limits {
@@ -166,6 +172,9 @@ impl Default for Limits {
             relay_datagram_bytes: 1_500,
             relay_peer_bytes_per_sec: 1024 * 1024,
             relay_global_bytes_per_sec: 128 * 1024 * 1024,
+            relay_circuits_per_peer: 32,
+            relay_circuits: 8_192,
+            accept_per_sec: 500,
         }
     }
 }
@@ -277,8 +286,15 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        if l.max_connections == 0 {
-            return Err(("limits", "max_connections", "must be at least 1".into()));
+        for (key, value) in [
+            ("max_connections", l.max_connections as u64),
+            ("relay_circuits_per_peer", l.relay_circuits_per_peer as u64),
+            ("relay_circuits", l.relay_circuits as u64),
+            ("accept_per_sec", l.accept_per_sec),
+        ] {
+            if value == 0 {
+                return Err(("limits", key, "must be at least 1".into()));
+            }
         }
         if !(64..=65_000).contains(&l.relay_datagram_bytes) {
             return Err((

@@ -52,6 +52,10 @@ async fn health(State(shared): State<Arc<Shared>>) -> Json<Health> {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared
+        .metrics
+        .relay_circuits
+        .set(shared.limiter.circuits() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub relay_datagrams: Counter,
     pub relay_bytes: Counter,
     pub relay_dropped: Labelled<Reason>,
+    pub relay_circuits: Gauge,
 }
 
 impl Metrics {
@@ -195,6 +196,11 @@ impl Metrics {
             "relay_dropped",
             "Relayed datagrams dropped, by reason",
             self.relay_dropped.clone(),
+        );
+        r.register(
+            "relay_circuits",
+            "Relay circuits (source and destination pairs) open now",
+            self.relay_circuits.clone(),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r)

@@ -297,6 +297,8 @@ impl Node {
 }
 
 async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
+    let mut accept_rate =
+        crate::relay::Bucket::new(shared.config.limits.accept_per_sec, Instant::now());
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -307,6 +309,11 @@ async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
         };
         if shared.registry.len() >= shared.config.limits.max_connections {
             shared.metrics.reject_connection("max_connections");
+            incoming.refuse();
+            continue;
+        }
+        if !accept_rate.take(1.0, Instant::now()) {
+            shared.metrics.reject_connection("accept_rate");
             incoming.refuse();
             continue;
         }

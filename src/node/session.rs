@@ -374,9 +374,6 @@ fn forward(shared: &Shared, from: PeerId, datagram: bytes::Bytes) {
     let Some((to, payload)) = relay::split(&datagram) else {
         return m.drop_relayed("malformed");
     };
-    if let Err(drop) = shared.limiter.admit(&from, payload.len(), Instant::now()) {
-        return m.drop_relayed(drop.label());
-    }
     let Some(target) = shared
         .registry
         .get(&to)
@@ -384,6 +381,12 @@ fn forward(shared: &Shared, from: PeerId, datagram: bytes::Bytes) {
     else {
         return m.drop_relayed("no_route");
     };
+    if let Err(drop) = shared
+        .limiter
+        .admit(&from, &to, payload.len(), Instant::now())
+    {
+        return m.drop_relayed(drop.label());
+    }
     match target.conn.send_datagram(relay::join(&from, &payload)) {
         Ok(()) => {
             m.relay_datagrams.inc();
