@@ -17,7 +17,10 @@ fn x0x(args: &[&str]) -> std::process::Output {
 fn json(out: &std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -30,10 +33,15 @@ fn listen(boot: &str, bind: &str) -> (KillOnDrop, String) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ready["event"], "ready");
-    (KillOnDrop(child), ready["peer_id"].as_str().unwrap().to_string())
+    (
+        KillOnDrop(child),
+        ready["peer_id"].as_str().unwrap().to_string(),
+    )
 }
 
 struct KillOnDrop(Child);
@@ -52,19 +60,38 @@ fn id_is_stable_for_a_key_file() {
     let key = key.to_str().unwrap();
     let first = json(&x0x(&["id", "--key", key, "--json"]));
     let second = x0x(&["id", "--key", key]);
-    assert_eq!(first["peer_id"].as_str().unwrap(), String::from_utf8_lossy(&second.stdout).trim());
+    assert_eq!(
+        first["peer_id"].as_str().unwrap(),
+        String::from_utf8_lossy(&second.stdout).trim()
+    );
 }
 
 #[test]
 fn connect_reports_direct_and_relayed_paths_with_data_echoed() {
     let mut c = Cluster::full_mesh(81, 1, "");
     c.start_all();
-    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0].health().is_some()));
+    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0]
+        .health()
+        .is_some()));
     let boot = c.nodes[0].quic.to_string();
     let (_listener, peer) = listen(&boot, "127.81.1.1:0");
 
-    let out = x0x(&["connect", &peer, "--json", "--bootstrap", &boot, "--bind", "127.81.1.2:0", "--bytes", "100000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = x0x(&[
+        "connect",
+        &peer,
+        "--json",
+        "--bootstrap",
+        &boot,
+        "--bind",
+        "127.81.1.2:0",
+        "--bytes",
+        "100000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = json(&out);
     assert_eq!(r["path"], "direct");
     assert_eq!(r["bytes"], 100000);
@@ -72,8 +99,21 @@ fn connect_reports_direct_and_relayed_paths_with_data_echoed() {
     assert!(r["rtt_ms"].as_f64().unwrap() >= 0.0);
     assert!(r["via"].is_null());
 
-    let out = x0x(&["connect", &peer, "--json", "--relay-only", "--bootstrap", &boot, "--bind", "127.81.1.3:0"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = x0x(&[
+        "connect",
+        &peer,
+        "--json",
+        "--relay-only",
+        "--bootstrap",
+        &boot,
+        "--bind",
+        "127.81.1.3:0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = json(&out);
     assert_eq!(r["path"], "relayed");
     assert_eq!(r["via"].as_str().unwrap(), c.nodes[0].peer_id().unwrap());
@@ -85,8 +125,21 @@ fn netcheck_reports_the_observed_address_and_mapping() {
     c.start_all();
     assert!(c.wait_all_report(&[0, 1], 1, Duration::from_secs(30)));
     let (a, b) = (c.nodes[0].quic.to_string(), c.nodes[1].quic.to_string());
-    let out = x0x(&["netcheck", "--json", "--bootstrap", &a, "--bootstrap", &b, "--bind", "127.82.1.1:40000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = x0x(&[
+        "netcheck",
+        "--json",
+        "--bootstrap",
+        &a,
+        "--bootstrap",
+        &b,
+        "--bind",
+        "127.82.1.1:40000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = json(&out);
     assert_eq!(r["public_addr"], "127.82.1.1:40000");
     assert_eq!(r["mapping"], "endpoint-independent");
@@ -97,14 +150,32 @@ fn netcheck_reports_the_observed_address_and_mapping() {
 fn lookup_finds_a_listening_agent_and_not_a_stranger() {
     let mut c = Cluster::full_mesh(83, 1, "");
     c.start_all();
-    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0].health().is_some()));
+    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0]
+        .health()
+        .is_some()));
     let boot = c.nodes[0].quic.to_string();
     let (_listener, peer) = listen(&boot, "127.83.1.1:0");
-    let r = json(&x0x(&["lookup", &peer, "--json", "--bootstrap", &boot, "--bind", "127.83.1.2:0"]));
+    let r = json(&x0x(&[
+        "lookup",
+        &peer,
+        "--json",
+        "--bootstrap",
+        &boot,
+        "--bind",
+        "127.83.1.2:0",
+    ]));
     assert_eq!(r["found"], true);
     assert_eq!(r["record"]["peer"], peer.as_str());
     let stranger = "00".repeat(32);
-    let out = x0x(&["lookup", &stranger, "--json", "--bootstrap", &boot, "--bind", "127.83.1.2:0"]);
+    let out = x0x(&[
+        "lookup",
+        &stranger,
+        "--json",
+        "--bootstrap",
+        &boot,
+        "--bind",
+        "127.83.1.2:0",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json(&out)["found"], false);
 }
@@ -112,10 +183,21 @@ fn lookup_finds_a_listening_agent_and_not_a_stranger() {
 #[test]
 fn unreachable_bootstrap_exits_69_with_a_clear_message() {
     common::require_isolated_network();
-    let out = x0x(&["netcheck", "--bootstrap", "127.84.0.1:12000", "--bind", "127.84.1.1:0", "--join-timeout-ms", "1000"]);
+    let out = x0x(&[
+        "netcheck",
+        "--bootstrap",
+        "127.84.0.1:12000",
+        "--bind",
+        "127.84.1.1:0",
+        "--join-timeout-ms",
+        "1000",
+    ]);
     assert_eq!(out.status.code(), Some(69));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no bootstrap node could be reached") && err.contains("127.84.0.1:12000"), "{err}");
+    assert!(
+        err.contains("no bootstrap node could be reached") && err.contains("127.84.0.1:12000"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,7 +209,13 @@ fn help_explains_every_command() {
     }
     let out = x0x(&["connect", "--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--bootstrap", "--json", "--relay-only", "--direct-timeout-ms", "--bytes"] {
+    for flag in [
+        "--bootstrap",
+        "--json",
+        "--relay-only",
+        "--direct-timeout-ms",
+        "--bytes",
+    ] {
         assert!(text.contains(flag), "{text}");
     }
 }

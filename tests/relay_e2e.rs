@@ -67,7 +67,7 @@ fn relay(
             let mut seen_now = seen.lock().await;
             seen_now.push(p.payload.clone());
             match mode.load(Ordering::Relaxed) {
-                TAMPER if n % 3 == 0 => {
+                TAMPER if n.is_multiple_of(3) => {
                     // Flip a bit in the protected part of the packet.
                     let mut forged = p.payload.to_vec();
                     let i = forged.len() - 5;
