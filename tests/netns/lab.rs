@@ -118,6 +118,10 @@ impl Proc {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().ok();
@@ -205,6 +209,11 @@ impl Lab {
         lab.wan = wan.clone();
         lab.sysctl(&wan, "net/ipv4/ip_forward", "1");
         Some(lab)
+    }
+
+    /// Every namespace this lab created so far.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
     }
 
     fn ns_name(&self, role: &str) -> String {

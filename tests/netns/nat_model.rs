@@ -25,18 +25,29 @@ fn udp(host: &Host, port: u16) -> UdpSocket {
 /// must drop, never answer.
 fn recv(s: &UdpSocket) -> Option<(String, SocketAddr)> {
     let mut buf = [0u8; 1500];
-    match s.recv_from(&mut buf) {
+    match retry_eintr(|| s.recv_from(&mut buf)) {
         Ok((n, from)) => Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
+        Err(e) if is_timeout(&e) => None,
         Err(e) => panic!("socket error (an ICMP answer?): {e}"),
     }
+}
+
+/// A blocking socket call with a timeout returns EINTR when the process is
+/// stopped and continued, even without a signal handler (signal(7)).
+fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 fn to(addr: Ipv4Addr, port: u16) -> SocketAddr {
@@ -94,14 +105,9 @@ fn port_preserving_nat_keeps_the_port_and_drops_unsolicited_packets() {
         .unwrap();
     probe.send(b"probe").unwrap();
     let mut buf = [0u8; 64];
-    let err = probe
-        .recv(&mut buf)
-        .expect_err("the router answered a probe");
+    let err = retry_eintr(|| probe.recv(&mut buf)).expect_err("the router answered a probe");
     assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
+        is_timeout(&err),
         "the router answered an unsolicited packet: {err}"
     );
 
@@ -191,4 +197,61 @@ fn rebinding_moves_the_mapping_to_the_new_address() {
     assert_eq!(recv(&inside), None);
     srv1.send_to(b"to new", seen).unwrap();
     assert_eq!(recv(&inside).map(|r| r.0).as_deref(), Some("to new"));
+}
+
+#[test]
+fn a_failing_test_leaves_no_namespace_and_no_process_behind() {
+    let test = "nat_model::a_failing_test_leaves_no_namespace_and_no_process_behind";
+    let Some(probe) = Lab::new(test) else {
+        return;
+    };
+    drop(probe);
+    let mut created = Vec::new();
+    let mut pids = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lab = Lab::new(test).unwrap();
+        let mut r = lab.nat_router("r", Nat::RandomPort);
+        let c = lab.behind(&mut r, "c");
+        let config = lab.path("node.toml");
+        let state = lab.path("state");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{}:12000\"\nstate_dir = \"{}\"\n",
+                c.addr,
+                state.display()
+            ),
+        )
+        .unwrap();
+        let p = lab.spawn(
+            &c.ns,
+            "bootstrap",
+            crate::fleet::BOOTSTRAP,
+            &["--config", config.to_str().unwrap()],
+            &[],
+        );
+        // Running (it serves health on the namespace's loopback).
+        assert!(crate::lab::wait_until(Duration::from_secs(10), || {
+            crate::lab::http_get(&c.ns, "127.0.0.1:12600".parse().unwrap(), "/health").is_some()
+        }));
+        created = lab.namespaces().to_vec();
+        pids.extend(lab.procs[p].pid());
+        panic!("a test failing with its lab up");
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(created.len(), 3, "wan, router, host: {created:?}");
+    for ns in &created {
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/{ns}")).exists(),
+            "namespace {ns} survived a failing test"
+        );
+    }
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "process {pid} survived a failing test"
+        );
+    }
 }
