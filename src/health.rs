@@ -52,15 +52,11 @@ async fn health(State(shared): State<Arc<Shared>>) -> Json<Health> {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    shared
-        .metrics
-        .relay_circuits
-        .set(shared.limiter.circuits() as i64);
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.render(),
+        shared.metrics.render(shared.live_paths()),
     )
 }

@@ -17,6 +17,27 @@ pub struct Group {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Peer {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Quantile {
+    pub quantile: String,
+}
+
+/// Round-trip times of live connections, sampled when `/metrics` is read.
+#[derive(Debug, Default)]
+pub struct RttSnapshot {
+    /// (short mesh peer id, rtt seconds)
+    pub mesh: Vec<(String, f64)>,
+    /// Agents' RTTs in seconds.
+    pub agents: Vec<f64>,
+    /// Relay circuits open now.
+    pub relay_circuits: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub result: String,
 }
@@ -91,10 +112,41 @@ impl Metrics {
         }
     }
 
-    /// Render everything in the Prometheus text format.
-    pub fn render(&self) -> String {
+    /// Render everything in the Prometheus text format, with live path
+    /// figures from `live`.
+    pub fn render(&self, live: RttSnapshot) -> String {
         self.sync_tls_groups();
+        self.relay_circuits.set(live.relay_circuits as i64);
         let mut r = Registry::with_prefix("x0x");
+        let mesh_rtt = Family::<Peer, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        for (peer, rtt) in &live.mesh {
+            mesh_rtt
+                .get_or_create(&Peer { peer: peer.clone() })
+                .set(*rtt);
+        }
+        r.register(
+            "mesh_peer_rtt_seconds",
+            "Round-trip time to each connected mesh peer",
+            mesh_rtt,
+        );
+        let agent_rtt = Family::<Quantile, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let mut agents = live.agents;
+        agents.sort_by(f64::total_cmp);
+        if !agents.is_empty() {
+            for (label, q) in [("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)] {
+                let i = ((agents.len() - 1) as f64 * q).round() as usize;
+                agent_rtt
+                    .get_or_create(&Quantile {
+                        quantile: label.into(),
+                    })
+                    .set(agents[i]);
+            }
+        }
+        r.register(
+            "agent_rtt_seconds",
+            "Round-trip time of directly connected agents, by quantile",
+            agent_rtt,
+        );
         let c = |r: &mut Registry, name: &str, help: &str, m: &Counter| {
             r.register(name, help, m.clone())
         };
@@ -218,7 +270,24 @@ mod tests {
         let m = Metrics::default();
         m.relay_datagrams.inc_by(3);
         m.drop_relayed("peer_rate");
-        let text = m.render();
+        let text = m.render(RttSnapshot {
+            mesh: vec![("ab12cd34".into(), 0.25)],
+            agents: vec![0.3, 0.1, 0.2],
+            relay_circuits: 2,
+        });
+        assert!(
+            text.contains("x0x_mesh_peer_rtt_seconds{peer=\"ab12cd34\"} 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x0x_agent_rtt_seconds{quantile=\"0.5\"} 0.2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x0x_agent_rtt_seconds{quantile=\"1\"} 0.3"),
+            "{text}"
+        );
+        assert!(text.contains("x0x_relay_circuits 2"), "{text}");
         assert!(text.contains("x0x_relay_datagrams_total 3"), "{text}");
         assert!(
             text.contains("x0x_relay_dropped_total{reason=\"peer_rate\"} 1"),

@@ -166,6 +166,26 @@ impl Shared {
         self.metrics.directory_agents.set(known as i64);
     }
 
+    /// RTTs of live connections and open relay circuits, for `/metrics`.
+    pub fn live_paths(&self) -> crate::metrics::RttSnapshot {
+        let secs = |e: &registry::Entry| e.conn.rtt().as_secs_f64();
+        crate::metrics::RttSnapshot {
+            mesh: self
+                .registry
+                .of_kind(PeerKind::Node)
+                .iter()
+                .map(|(p, e)| (p.short(), secs(e)))
+                .collect(),
+            agents: self
+                .registry
+                .of_kind(PeerKind::Agent)
+                .iter()
+                .map(|(_, e)| secs(e))
+                .collect(),
+            relay_circuits: self.limiter.circuits(),
+        }
+    }
+
     pub fn health(&self) -> Health {
         let (peers, agents) = self.registry.counts();
         let expected = self

@@ -325,14 +325,16 @@ async fn handshake(a: HandshakeArgs) -> Res<()> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let turn = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..a.concurrency.max(1) {
-        let (endpoint, configs, done, failed, turn) = (
+        let (endpoint, configs, done, failed, turn, errors) = (
             endpoint.clone(),
             configs.clone(),
             done.clone(),
             failed.clone(),
             turn.clone(),
+            errors.clone(),
         );
         let node = a.node;
         workers.spawn(async move {
@@ -346,8 +348,10 @@ async fn handshake(a: HandshakeArgs) -> Res<()> {
                         }
                         agent.conn.close(close::NORMAL, b"bench");
                     }
-                    Err(_) => {
+                    Err(e) => {
                         failed.fetch_add(1, Ordering::Relaxed);
+                        let mut seen = errors.lock().unwrap_or_else(|e| e.into_inner());
+                        *seen.entry(e.to_string()).or_insert(0u64) += 1;
                     }
                 }
             }

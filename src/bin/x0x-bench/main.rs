@@ -56,6 +56,11 @@ struct Cli {
     /// Override the number of joins.
     #[arg(long)]
     joins: Option<usize>,
+    /// Profile the node during each measured window with `perf record`
+    /// (cpu-clock, DWARF call graphs), one file per window in DIR. perf's
+    /// own cost distorts that run's figures: profile and measure separately.
+    #[arg(long, value_name = "DIR")]
+    perf_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -132,6 +137,49 @@ struct Ctx {
     node_bin: PathBuf,
     dir: tempfile::TempDir,
     hz: f64,
+    perf_dir: Option<PathBuf>,
+}
+
+/// `perf record` attached to one process for one window (see `--perf-dir`).
+struct Perf {
+    child: tokio::process::Child,
+}
+
+impl Perf {
+    async fn start(ctx: &Ctx, pid: u32, name: &str) -> Res<Option<Self>> {
+        let Some(dir) = &ctx.perf_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir)?;
+        let child = tokio::process::Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "999"])
+            .args(["--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
+            .arg(dir.join(format!("{name}.data")))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run perf: {e}"))?;
+        // Give perf a moment to attach before the window starts.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Some(Self { child }))
+    }
+
+    async fn stop(perf: Option<Self>) {
+        let Some(mut p) = perf else { return };
+        if let Some(pid) = p.child.id() {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(Duration::from_secs(60), p.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = p.child.kill().await;
+        }
+    }
 }
 
 /// Figures in the order they were measured, each with a unit and a note.
@@ -243,6 +291,7 @@ async fn bench(cli: Cli) -> Res<()> {
         node_bin: node_binary(&cli)?,
         dir: tempfile::Builder::new().prefix("x0x-bench").tempdir()?,
         hz: procs::clock_ticks_per_sec()?,
+        perf_dir: cli.perf_dir.clone(),
         plan,
     };
     let machine = Machine::read();
@@ -628,12 +677,14 @@ async fn agents(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         "--ramp-seconds".into(),
         ctx.plan.agent_ramp_s.to_string(),
     ];
+    let perf = Perf::start(ctx, pid, "agents-ramp").await?;
     let ramp = CpuSample::take(pid)?;
     let mut lg = LoadGen::spawn(&args)?;
     let ready = lg
         .wait_event("ready", Duration::from_secs(ctx.plan.agent_ramp_s + 30))
         .await?;
     let (ramp_cpu_s, ramp_wall_s) = ramp.since(ctx.hz)?;
+    Perf::stop(perf).await;
     let lg_connected = ready["connected"].as_u64().unwrap_or(0);
     let lg_pid = lg.pid().ok_or("load generator exited")?;
     // Let handshake-time allocations settle before reading memory.
@@ -642,9 +693,11 @@ async fn agents(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     let connected = node.agents().await.ok_or("node /health did not answer")?;
     let rss1 = rss_kb(pid).ok_or("cannot read node RSS")?;
     let lg_rss = rss_kb(lg_pid).unwrap_or(0);
+    let perf = Perf::start(ctx, pid, "agents-idle").await?;
     let idle = CpuSample::take(pid)?;
     tokio::time::sleep(Duration::from_secs_f64(ctx.plan.idle_s)).await;
     let (idle_cpu_s, idle_wall_s) = idle.since(ctx.hz)?;
+    Perf::stop(perf).await;
     let still = node.agents().await.unwrap_or(0);
     lg.finish(Duration::from_secs(20)).await?;
     if connected == 0 {
@@ -708,6 +761,7 @@ async fn handshakes(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     let mut lg = LoadGen::spawn(&args)?;
     lg.wait_event("window_start", Duration::from_secs(60))
         .await?;
+    let perf = Perf::start(ctx, pid, "handshake").await?;
     let cpu = CpuSample::take(pid)?;
     let lg_cpu = CpuSample::take(lg.pid().ok_or("load generator exited")?)?;
     let accepted0 = node.metric("x0x_connections_accepted").await;
@@ -718,12 +772,16 @@ async fn handshakes(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     .await?;
     let (cpu_s, wall_s) = cpu.since(ctx.hz)?;
     let (lg_cpu_s, lg_wall_s) = lg_cpu.since(ctx.hz)?;
+    Perf::stop(perf).await;
     let accepted1 = node.metric("x0x_connections_accepted").await;
     let done = lg.wait_event("done", Duration::from_secs(30)).await?;
     lg.finish(Duration::from_secs(10)).await?;
     let completed = done["completed"].as_f64().unwrap_or(0.0);
     let window = done["window_s"].as_f64().unwrap_or(f64::NAN);
     let failed = done["failed"].as_u64().unwrap_or(0);
+    if failed > 0 {
+        eprintln!("handshake failures by error: {}", done["errors"]);
+    }
     let node_view = match (accepted0, accepted1) {
         (Some(a), Some(b)) => format!("; node counted {:.0}/s", (b - a) / wall_s),
         _ => String::new(),
@@ -784,11 +842,20 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     let mut lg = LoadGen::spawn(&args)?;
     let limit = Duration::from_secs(600);
     lg.wait_event("relayed_start", limit).await?;
+    let perf = Perf::start(ctx, pid, "relay").await?;
+    let perf_agents = match lg.pid() {
+        Some(p) => Perf::start(ctx, p, "relay-agents").await?,
+        None => None,
+    };
     let cpu = CpuSample::take(pid)?;
     let relayed0 = node.metric("x0x_relay_bytes").await;
+    let drops0 = relay_drops(&node).await;
     lg.wait_event("relayed_end", limit).await?;
     let (cpu_s, wall_s) = cpu.since(ctx.hz)?;
+    Perf::stop(perf).await;
+    Perf::stop(perf_agents).await;
     let relayed1 = node.metric("x0x_relay_bytes").await;
+    let drops = relay_drops(&node).await - drops0;
     let r = lg.wait_event("done", Duration::from_secs(60)).await?;
     lg.finish(Duration::from_secs(20)).await?;
     node.check_alive()?;
@@ -846,9 +913,18 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         "direct_mbit_s / quinn_baseline_mbit_s",
     );
     let moved = match (relayed0, relayed1) {
-        (Some(a), Some(b)) => format!("; node relayed {:.0} MiB", (b - a) / 1048576.0),
+        (Some(a), Some(b)) => format!(
+            "; node relayed {:.0} MiB, dropped {drops:.0} datagrams",
+            (b - a) / 1048576.0
+        ),
         _ => String::new(),
     };
+    for path in ["direct", "relayed"] {
+        eprintln!(
+            "{path} connection path stats: {}",
+            r[format!("{path}_path")]
+        );
+    }
     figs.add(
         "relay_node_cpu_pct",
         cpu_s / wall_s * 100.0,
@@ -856,6 +932,17 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         format!("node CPU during the relayed transfers, % of one core{moved}"),
     );
     Ok(())
+}
+
+/// Relayed datagrams the node dropped so far, all reasons together.
+async fn relay_drops(node: &Node) -> f64 {
+    let text = procs::http_get(node.health, "/metrics")
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("x0x_relay_dropped"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn print_table(ctx: &Ctx, machine: &Machine, figs: &Figures) {

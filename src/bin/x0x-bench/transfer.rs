@@ -122,6 +122,13 @@ pub async fn run(a: TransferArgs) -> Res<()> {
             format!("{name}_quic_rtt_ms"),
             (pc.rtt().as_secs_f64() * 1e3).into(),
         );
+        let st = conn.stats().path;
+        out.insert(
+            format!("{name}_path"),
+            json!({"sent_packets": st.sent_packets, "lost_packets": st.lost_packets,
+                   "congestion_events": st.congestion_events, "cwnd": st.cwnd,
+                   "mtu": st.current_mtu}),
+        );
         conn.close(0u32.into(), b"done");
     }
     emit(serde_json::Value::Object(out));
