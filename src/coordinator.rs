@@ -35,6 +35,28 @@ impl Directory {
             .map(|_| Message::DirectoryRemove { peer: *agent })
     }
 
+    /// A local agent's connection now comes from `observed` (its NAT
+    /// rebound, or it moved). Returns the update for mesh peers if its record changed.
+    pub fn observed_moved(
+        &mut self,
+        agent: &PeerId,
+        observed: std::net::SocketAddr,
+    ) -> Option<Message> {
+        let record = self.local.get_mut(agent)?;
+        if record.addrs.first() == Some(&observed) {
+            return None;
+        }
+        record.addrs.retain(|a| *a != observed);
+        if record.addrs.is_empty() {
+            record.addrs.push(observed);
+        } else {
+            record.addrs[0] = observed;
+        }
+        Some(Message::DirectoryUpsert {
+            record: record.clone(),
+        })
+    }
+
     /// The snapshot a mesh peer receives when it connects.
     pub fn snapshot(&self) -> Message {
         Message::DirectorySnapshot {
@@ -130,6 +152,22 @@ mod tests {
         n2.drop_peer(&id(1));
         assert_eq!(n2.lookup(&id(11)), None);
         assert!(n2.is_empty());
+    }
+
+    #[test]
+    fn a_moved_agent_gets_its_new_observed_address_first() {
+        let mut d = Directory::default();
+        d.register(record(10, 1));
+        let old = record(10, 1).addrs[0];
+        assert_eq!(d.observed_moved(&id(10), old), None);
+        let new: std::net::SocketAddr = "198.51.100.9:4000".parse().unwrap();
+        let Some(Message::DirectoryUpsert { record: r }) = d.observed_moved(&id(10), new) else {
+            panic!("expected an update");
+        };
+        assert_eq!(r.addrs, vec![new]);
+        assert_eq!(d.lookup(&id(10)).unwrap().addrs, vec![new]);
+        // Unknown agents are ignored.
+        assert_eq!(d.observed_moved(&id(99), new), None);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::{reflector, relay, tls};
 /// How long a peer has to complete `Hello`/`Welcome` or send a request.
 const PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often an agent's connection is checked for a changed address.
+const MIGRATION_CHECK: Duration = Duration::from_secs(1);
+
 /// Frames queued for one peer's control stream before it counts as stuck.
 const CONTROL_QUEUE: usize = 1024;
 
@@ -232,12 +235,29 @@ async fn serve(
             forward(&shared, peer, datagram);
         }
     };
+    let migrations = async {
+        if kind != PeerKind::Agent {
+            return std::future::pending().await;
+        }
+        // QUIC follows an agent whose NAT rebinds; keep its directory record current.
+        let mut tick = tokio::time::interval(MIGRATION_CHECK);
+        loop {
+            tick.tick().await;
+            let now = canonical(conn.remote_address());
+            let update = shared.directory().observed_moved(&peer, now);
+            if let Some(update) = update {
+                info!(peer = %peer, observed = %now, "agent address changed");
+                shared.broadcast(update);
+            }
+        }
+    };
 
     let outcome: Result<(), SessionError> = tokio::select! {
         r = writer => r.map_err(SessionError::from),
         r = reader => r,
         r = requests => r,
         r = datagrams => r,
+        r = migrations => r,
         _ = conn.closed() => Ok(()),
     };
     match outcome {

@@ -333,4 +333,15 @@ fn an_agent_whose_nat_rebinds_mid_connection_recovers_by_itself() {
     );
     let (_, record) = agents::lookup(&lab, &b.host, &la.peer_id, &n);
     eprintln!("{}: a's directory record afterwards: {record:?}", lab.test);
+    // The node followed a's migrated connection: the directory now gives a's
+    // new public address first, so peers can reach it directly again.
+    let first = record
+        .as_ref()
+        .and_then(|r| r["addrs"][0].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        first.starts_with(&format!("{new}:")),
+        "a's record still leads with a stale address after its rebinding: {record:?}"
+    );
 }
