@@ -116,3 +116,30 @@ fn sigint_also_shuts_down_gracefully() {
         .expect("exited within 5 s");
     assert!(status.success(), "exit status {status}");
 }
+
+/// Peers may be given by hostname: `localhost` resolves (through
+/// /etc/hosts, no DNS traffic) to 127.0.0.1, where node 0 listens.
+#[test]
+fn peers_given_by_hostname_are_resolved_and_meshed() {
+    let mut c = Cluster::full_mesh(25, 2, "");
+    let n0 = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let n0 = n0.replace(
+        "listen = \"127.25.0.1:12000\"",
+        "listen = \"127.0.0.1:12025\"",
+    );
+    std::fs::write(&c.nodes[0].config, n0).unwrap();
+    let n1 = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+    assert!(n1.contains("\"127.25.0.1:12000\""));
+    std::fs::write(
+        &c.nodes[1].config,
+        n1.replace("\"127.25.0.1:12000\"", "\"localhost:12025\""),
+    )
+    .unwrap();
+    c.nodes[0].start();
+    c.nodes[1].start();
+    assert!(
+        c.wait_all_report(&[0, 1], 1, Duration::from_secs(30)),
+        "{:?}",
+        c.peer_counts()
+    );
+}
