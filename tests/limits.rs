@@ -4,32 +4,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cluster, blocking, joined_agent};
+use common::{blocking, joined_agent};
 use x0x::identity::Identity;
 use x0x::transport::{self, TransportOptions};
 
-fn single(net: u8, extra: &str) -> Arc<Cluster> {
-    let mut c = Cluster::full_mesh(net, 1, extra);
-    c.start_all();
-    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0]
-        .health()
-        .is_some()));
-    Arc::new(c)
-}
-
-async fn recv(agent: &x0x::Agent) -> Option<x0x::agent::RelayedDatagram> {
-    tokio::time::timeout(Duration::from_secs(2), agent.recv_relayed())
-        .await
-        .ok()
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_over_its_circuit_quota_is_refused_and_others_are_not() {
-    let c = single(91, "[limits]\nrelay_circuits_per_peer = 2\n");
+    let c = common::single_node(91, "[limits]\nrelay_circuits_per_peer = 2\n");
     let mut agents = Vec::new();
     for host in 1..=5 {
         agents.push(joined_agent(91, host, &[&c.nodes[0]]).await);
@@ -43,18 +26,18 @@ async fn a_peer_over_its_circuit_quota_is_refused_and_others_are_not() {
         &agents[4].0,
     );
     a.send_relayed(node, b.peer_id(), b"1").unwrap();
-    assert!(recv(b).await.is_some());
+    assert!(common::recv_relayed(b).await.is_some());
     a.send_relayed(node, cc.peer_id(), b"2").unwrap();
-    assert!(recv(cc).await.is_some());
+    assert!(common::recv_relayed(cc).await.is_some());
     // A third destination for A is over its quota.
     a.send_relayed(node, d.peer_id(), b"3").unwrap();
-    assert!(recv(d).await.is_none());
+    assert!(common::recv_relayed(d).await.is_none());
     // E is not affected by A's quota.
     e.send_relayed(node, d.peer_id(), b"4").unwrap();
-    assert_eq!(recv(d).await.unwrap().from, e.peer_id());
+    assert_eq!(common::recv_relayed(d).await.unwrap().from, e.peer_id());
     // A's existing circuits still work.
     a.send_relayed(node, b.peer_id(), b"5").unwrap();
-    assert!(recv(b).await.is_some());
+    assert!(common::recv_relayed(b).await.is_some());
 
     let c2 = c.clone();
     let m = blocking(move || c2.nodes[0].metrics()).await;
@@ -67,7 +50,7 @@ async fn a_peer_over_its_circuit_quota_is_refused_and_others_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_beyond_the_accept_rate_are_refused() {
-    let c = single(92, "[limits]\naccept_per_sec = 3\n");
+    let c = common::single_node(92, "[limits]\naccept_per_sec = 3\n");
     let identity = Identity::generate().unwrap();
     let ep = transport::endpoint(
         &identity,

@@ -13,15 +13,6 @@ use x0x::identity::Identity;
 use x0x::transport::{self, TransportOptions};
 use x0x::wire::{self, Message, PeerKind, close};
 
-fn single(net: u8) -> Arc<Cluster> {
-    let mut c = Cluster::full_mesh(net, 1, "");
-    c.start_all();
-    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0]
-        .health()
-        .is_some()));
-    Arc::new(c)
-}
-
 /// A raw QUIC connection to the node, as a client would open it.
 async fn raw_connection(net: u8, node: &common::NodeProc) -> quinn::Connection {
     let identity = Identity::generate().unwrap();
@@ -50,7 +41,7 @@ async fn assert_node_still_serves(net: u8, c: &Arc<Cluster>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_closes_the_connection_with_a_code() {
-    let c = single(41);
+    let c = common::single_node(41, "");
     let conn = raw_connection(41, &c.nodes[0]).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     // Announce a 1 MiB frame: refused from the length prefix alone.
@@ -66,7 +57,7 @@ async fn an_oversized_frame_closes_the_connection_with_a_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_the_connection_with_a_code() {
-    let c = single(42);
+    let c = common::single_node(42, "");
     let conn = raw_connection(42, &c.nodes[0]).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[0, 0, 0, 4, wire::WIRE_VERSION, 0xff, 0xff, 0xff])
@@ -112,7 +103,7 @@ async fn a_malformed_frame_closes_the_connection_with_a_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_cannot_join_the_mesh_by_claiming_to_be_a_node() {
-    let c = single(43);
+    let c = common::single_node(43, "");
     let conn = raw_connection(43, &c.nodes[0]).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let hello = Message::Hello {
@@ -128,7 +119,7 @@ async fn a_stranger_cannot_join_the_mesh_by_claiming_to_be_a_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_with_the_node_negotiate_x25519mlkem768() {
-    let c = single(44);
+    let c = common::single_node(44, "");
     let (_agent, _) = common::joined_agent(44, 1, &[&c.nodes[0]]).await;
     let c2 = c.clone();
     let m = blocking(move || c2.nodes[0].metrics()).await;
@@ -144,7 +135,7 @@ async fn handshakes_with_the_node_negotiate_x25519mlkem768() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
-    let c = single(45);
+    let c = common::single_node(45, "");
     let conn = raw_connection(45, &c.nodes[0]).await;
     // Never send Hello: the node gives up after its 5 s protocol timeout.
     let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())

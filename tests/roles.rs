@@ -4,23 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, blocking, joined_agent};
 
-fn single(net: u8, extra: &str) -> Arc<Cluster> {
-    let mut c = Cluster::full_mesh(net, 1, extra);
-    c.start_all();
-    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0]
-        .health()
-        .is_some()));
-    Arc::new(c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflector_tells_an_agent_the_address_it_was_seen_from() {
-    let c = single(31, "");
+    let c = common::single_node(31, "");
     let (agent, report) = joined_agent(31, 1, &[&c.nodes[0]]).await;
     // On loopback there is no NAT: the observed address is our own socket.
     assert_eq!(report.observed_addr, Some(agent.local_addr().unwrap()));
@@ -31,7 +21,7 @@ async fn reflector_tells_an_agent_the_address_it_was_seen_from() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflector_off_reports_nothing() {
-    let c = single(32, "[roles]\nreflector = false\n");
+    let c = common::single_node(32, "[roles]\nreflector = false\n");
     let (_agent, report) = joined_agent(32, 1, &[&c.nodes[0]]).await;
     assert_eq!(report.observed_addr, None);
 }
@@ -99,23 +89,16 @@ async fn the_directory_is_shared_by_the_mesh_and_introductions_cross_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_off_refuses_registration_and_lookups() {
-    let c = single(34, "[roles]\ncoordinator = false\n");
+    let c = common::single_node(34, "[roles]\ncoordinator = false\n");
     let (a, report) = joined_agent(34, 1, &[&c.nodes[0]]).await;
     assert!(report.registered.is_empty());
     let err = a.lookup(a.peer_id()).await.unwrap_err();
     assert!(err.to_string().contains("coordinator"), "{err}");
 }
 
-async fn recv(agent: &x0x::Agent) -> Option<x0x::agent::RelayedDatagram> {
-    tokio::time::timeout(Duration::from_secs(2), agent.recv_relayed())
-        .await
-        .ok()
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_forwards_opaque_datagrams_by_peer_id() {
-    let c = single(35, "[limits]\nrelay_datagram_bytes = 500\n");
+    let c = common::single_node(35, "[limits]\nrelay_datagram_bytes = 500\n");
     let (a, ra) = joined_agent(35, 1, &[&c.nodes[0]]).await;
     let (b, _) = joined_agent(35, 2, &[&c.nodes[0]]).await;
     let node = ra.connected[0].peer_id;
@@ -124,14 +107,16 @@ async fn relay_forwards_opaque_datagrams_by_peer_id() {
     // (The relay counts 257 bytes: the agent tags application datagrams.)
     let payload: Vec<u8> = (0..=255u8).rev().collect();
     a.send_relayed(node, b.peer_id(), &payload).unwrap();
-    let got = recv(&b).await.expect("B receives the relayed datagram");
+    let got = common::recv_relayed(&b)
+        .await
+        .expect("B receives the relayed datagram");
     assert_eq!(got.from, a.peer_id());
     assert_eq!(got.via, node);
     assert_eq!(&got.payload[..], &payload[..]);
 
     // Over the size limit: dropped and counted.
     a.send_relayed(node, b.peer_id(), &[7u8; 600]).unwrap();
-    assert!(recv(&b).await.is_none());
+    assert!(common::recv_relayed(&b).await.is_none());
     let c2 = c.clone();
     let m = blocking(move || c2.nodes[0].metrics()).await;
     assert!(
@@ -145,7 +130,7 @@ async fn relay_forwards_opaque_datagrams_by_peer_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_throttles_a_peer_over_its_quota_and_not_the_others() {
     // 2 000 bytes/s per peer: a burst of 20 × 400 bytes mostly exceeds it.
-    let c = single(36, "[limits]\nrelay_peer_bytes_per_sec = 2000\n");
+    let c = common::single_node(36, "[limits]\nrelay_peer_bytes_per_sec = 2000\n");
     let (a, ra) = joined_agent(36, 1, &[&c.nodes[0]]).await;
     let (b, _) = joined_agent(36, 2, &[&c.nodes[0]]).await;
     let (z, _) = joined_agent(36, 3, &[&c.nodes[0]]).await;
@@ -154,7 +139,7 @@ async fn relay_throttles_a_peer_over_its_quota_and_not_the_others() {
         a.send_relayed(node, b.peer_id(), &[i; 400]).unwrap();
     }
     let mut from_a = 0;
-    while let Some(d) = recv(&b).await {
+    while let Some(d) = common::recv_relayed(&b).await {
         assert_eq!(d.from, a.peer_id());
         from_a += 1;
     }
@@ -162,7 +147,9 @@ async fn relay_throttles_a_peer_over_its_quota_and_not_the_others() {
     assert!((1..=8).contains(&from_a), "A got {from_a} of 20 through");
     // Z is within its own quota and is not throttled.
     z.send_relayed(node, b.peer_id(), b"hello").unwrap();
-    let d = recv(&b).await.expect("Z's datagram is relayed");
+    let d = common::recv_relayed(&b)
+        .await
+        .expect("Z's datagram is relayed");
     assert_eq!(d.from, z.peer_id());
     let c2 = c.clone();
     let throttled =
@@ -172,12 +159,12 @@ async fn relay_throttles_a_peer_over_its_quota_and_not_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_off_forwards_nothing() {
-    let c = single(37, "[roles]\nrelay = false\n");
+    let c = common::single_node(37, "[roles]\nrelay = false\n");
     let (a, ra) = joined_agent(37, 1, &[&c.nodes[0]]).await;
     let (b, _) = joined_agent(37, 2, &[&c.nodes[0]]).await;
     a.send_relayed(ra.connected[0].peer_id, b.peer_id(), b"x")
         .unwrap();
-    assert!(recv(&b).await.is_none());
+    assert!(common::recv_relayed(&b).await.is_none());
     let c2 = c.clone();
     let dropped =
         blocking(move || c2.nodes[0].metric("x0x_relay_dropped_total{reason=\"disabled\"}")).await;

@@ -276,3 +276,21 @@ pub async fn joined_agent(net: u8, host: u8, nodes: &[&NodeProc]) -> (x0x::Agent
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
+
+/// One node (no mesh peers) on `127.<net>.0.1`, started and answering health.
+pub fn single_node(net: u8, extra: &str) -> std::sync::Arc<Cluster> {
+    let mut c = Cluster::full_mesh(net, 1, extra);
+    c.start_all();
+    assert!(wait_until(Duration::from_secs(10), || c.nodes[0]
+        .health()
+        .is_some()));
+    std::sync::Arc::new(c)
+}
+
+/// The next relayed datagram for `agent`, or `None` after 2 s.
+pub async fn recv_relayed(agent: &x0x::Agent) -> Option<x0x::agent::RelayedDatagram> {
+    tokio::time::timeout(Duration::from_secs(2), agent.recv_relayed())
+        .await
+        .ok()
+        .flatten()
+}
