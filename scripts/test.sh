@@ -22,7 +22,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v iptables >/dev/null || need+=(iptables)
   command -v unshare >/dev/null || need+=(util-linux)
   command -v nix-instantiate >/dev/null || need+=(nix-bin)
-  command -v curl >/dev/null || need+=(curl)
   if [ ${#need[@]} -gt 0 ]; then
     echo "apt-get install ${need[*]}"
     apt-get update -qq
@@ -37,6 +36,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo doc (warnings denied, as the flake's rustdoc check)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 
 step "building tests (fetches crates; the tests themselves run offline)"
 cargo build --locked --all-targets

@@ -119,7 +119,8 @@ pub fn configs(
     Ok((server, client))
 }
 
-/// Bind a UDP socket for an endpoint (see [`bind_socket`]), naming the address on error.
+/// Bind a UDP socket for an endpoint (dual-stack for `[::]`, with the
+/// requested buffers), naming the address on error.
 pub fn udp_socket(
     addr: SocketAddr,
     opts: &TransportOptions,
