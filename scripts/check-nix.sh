@@ -108,9 +108,11 @@ else
 
   work=$(mktemp -d /tmp/x0x-repro.XXXXXX)
   trap 'rm -rf "$work"' EXIT
-  # The tracked tree, including uncommitted edits to tracked files.
+  # The tracked tree, including uncommitted edits to tracked files, as one commit id,
+  # so that both builds get the same sources even if HEAD moves meanwhile.
   snapshot=$(git stash create 2>/dev/null)
-  snapshot=${snapshot:-HEAD}
+  snapshot=${snapshot:-$(git rev-parse HEAD)}
+  echo "  sources: $snapshot"
 
   # One clean build: fresh copy, fresh CARGO_HOME, vendored sources, offline.
   # Paths that differ between the two directories are remapped, as crane's fixed
