@@ -119,7 +119,9 @@ pub enum LogFormat {
 pub struct TransportConfig {
     /// QUIC keep-alive interval.
     pub keepalive_ms: u64,
-    /// A peer silent for this long is dead (at most 10 000).
+    /// A peer silent for this long is dead (at most 10 000). QUIC restarts
+    /// the timer once when it sends a keep-alive, so a dead peer is noticed
+    /// within `idle_timeout_ms + keepalive_ms`: 10 s with the defaults.
     pub idle_timeout_ms: u64,
     /// Requested UDP socket send and receive buffer size.
     pub udp_buffer_bytes: usize,
@@ -129,7 +131,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         Self {
             keepalive_ms: 2_000,
-            idle_timeout_ms: 10_000,
+            idle_timeout_ms: 8_000,
             udp_buffer_bytes: 7 * 1024 * 1024,
         }
     }

@@ -165,7 +165,7 @@ impl NetworkConfig {
             bind: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
             join_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(8),
         }
     }
 }

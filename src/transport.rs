@@ -32,7 +32,7 @@ impl Default for TransportOptions {
     fn default() -> Self {
         Self {
             keepalive: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(8),
             udp_buffer_bytes: 2 * 1024 * 1024,
             max_bidi_streams: 32,
         }
