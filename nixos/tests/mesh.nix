@@ -51,7 +51,7 @@ let
   '';
 
   pythonName = builtins.replaceStrings [ "-" ] [ "_" ];
-  machines = "[${lib.concatMapStringsSep ", " pythonName names}]";
+  pythonList = "[${lib.concatMapStringsSep ", " pythonName names}]";
 in
 {
   name = "x0x-bootstrap-mesh";
@@ -72,12 +72,13 @@ in
 
     MAX_EXPOSURE = 2.0
     HEALTH = "curl -sf --max-time 3 http://127.0.0.1:12600/health"
-    machines = ${machines}
-    first, second, blocked, stopped = machines[0], machines[1], machines[5], machines[4]
+    # All six, in name order: mesh[i] has the address 192.168.1.{i + 1}.
+    mesh = ${pythonList}
+    first, second, stopped, blocked = mesh[0], mesh[1], mesh[4], mesh[5]
 
 
     def others(node):
-        return [m for m in machines if m is not node]
+        return [m for m in mesh if m is not node]
 
 
     def wait_peers(nodes, count, seconds):
@@ -91,11 +92,11 @@ in
 
 
     start_all()
-    for m in machines:
+    for m in mesh:
         m.wait_for_unit("x0x-bootstrap.service")
 
     with subtest("the service runs as x0x, not root"):
-        for m in machines:
+        for m in mesh:
             m.succeed(
                 'test "$(systemctl show -p User --value x0x-bootstrap)" = x0x',
                 'pid="$(systemctl show -p MainPID --value x0x-bootstrap)"; '
@@ -103,8 +104,8 @@ in
             )
 
     with subtest("every node reports 5 peers"):
-        wait_peers(machines, 5, 180)
-        for m in machines:
+        wait_peers(mesh, 5, 180)
+        for m in mesh:
             m.succeed(f"{HEALTH} | jq -e '.status == \"healthy\"'")
 
     with subtest("QUIC port reachable from another node, health port not"):
@@ -131,12 +132,12 @@ in
         blocked.block()
         wait_peers(others(blocked), 4, 90)
         blocked.unblock()
-        wait_peers(machines, 5, 180)
+        wait_peers(mesh, 5, 180)
 
     with subtest("systemctl stop on one node: the others see 4 within seconds"):
         stopped.succeed("systemctl stop x0x-bootstrap.service")
         wait_peers(others(stopped), 4, 10)
         stopped.succeed("systemctl start x0x-bootstrap.service")
-        wait_peers(machines, 5, 120)
+        wait_peers(mesh, 5, 120)
   '';
 }
