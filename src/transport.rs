@@ -163,3 +163,24 @@ pub async fn dial(
     let peer = tls::remote_peer_id(&conn).ok_or(DialError::NoIdentity { addr })?;
     Ok((conn, peer))
 }
+
+/// Dial every address at once; the first handshake that completes wins.
+/// (A hostname may resolve to an unreachable IPv6 address before a working
+/// IPv4 one.) Returns the last error if none completes.
+pub async fn dial_any(
+    endpoint: &quinn::Endpoint,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(quinn::Connection, PeerId), String> {
+    use futures_util::StreamExt;
+    let mut attempts: futures_util::stream::FuturesUnordered<_> =
+        addrs.iter().map(|a| dial(endpoint, *a, timeout)).collect();
+    let mut last = String::from("resolved to no address");
+    while let Some(attempt) = attempts.next().await {
+        match attempt {
+            Ok(ok) => return Ok(ok),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}

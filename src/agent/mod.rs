@@ -437,10 +437,8 @@ async fn connect(
         .resolve()
         .await
         .map_err(|e| format!("cannot resolve: {e}"))?;
-    let socket = *resolved.first().ok_or("resolved to no address")?;
-    let (conn, peer) = transport::dial(&inner.endpoint, socket, STEP_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (conn, peer) = transport::dial_any(&inner.endpoint, &resolved, STEP_TIMEOUT).await?;
+    let socket = crate::network::canonical(conn.remote_address());
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         let msg = Message::Hello {

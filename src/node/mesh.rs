@@ -84,12 +84,5 @@ async fn dial(
         .await
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
     shared.learn_mesh_addrs(&resolved);
-    let mut last = format!("{addr} resolved to no address");
-    for socket in resolved {
-        match transport::dial(&shared.endpoint, socket, DIAL_TIMEOUT).await {
-            Ok(ok) => return Ok(ok),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(last)
+    transport::dial_any(&shared.endpoint, &resolved, DIAL_TIMEOUT).await
 }
