@@ -20,17 +20,23 @@ case "$profile" in
   *) echo "X0X_BENCH_PROFILE must be release or debug" >&2; exit 2 ;;
 esac
 
+# Run private copies: a concurrent cargo build must not swap the binaries mid-run.
+bin=$(mktemp -d "${TMPDIR:-/tmp}/x0x-bench-bin.XXXXXX")
+trap 'rm -rf "$bin"' EXIT
+cp "$dir/x0x-bench" "$dir/x0x-bootstrap" "$bin/"
+
 if [ $# -eq 0 ]; then
-  set -- --quick --json target/bench-quick.json
+  mkdir -p "$target"
+  set -- --quick --json "$target/bench-quick.json"
 fi
 args=""
 for a in "$@"; do args="$args $(printf '%q' "$a")"; done
-inner="ip link set lo up && $(printf '%q' "$dir/x0x-bench") --node-bin $(printf '%q' "$dir/x0x-bootstrap")$args"
+inner="ip link set lo up && $(printf '%q' "$bin/x0x-bench") --node-bin $(printf '%q' "$bin/x0x-bootstrap")$args"
 
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
-  exec unshare -n -- bash -c "$inner"
+  unshare -n -- bash -c "$inner"
 elif unshare -rn true 2>/dev/null; then
-  exec unshare -rn -- bash -c "$inner"
+  unshare -rn -- bash -c "$inner"
 else
   echo "error: cannot create a network namespace (need root or unprivileged user namespaces);" >&2
   echo "       the benchmark refuses to run on the host network." >&2

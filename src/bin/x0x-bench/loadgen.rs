@@ -367,9 +367,10 @@ async fn handshake(a: HandshakeArgs) -> Res<()> {
     })
     .await;
     workers.abort_all();
+    let errors = errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
     emit(
         json!({"event": "done", "completed": completed, "window_s": a.seconds,
-                "failed": failed.load(Ordering::Relaxed)}),
+                "failed": failed.load(Ordering::Relaxed), "errors": errors}),
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
