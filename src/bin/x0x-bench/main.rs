@@ -686,7 +686,7 @@ async fn agents(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     let (ramp_cpu_s, ramp_wall_s) = ramp.since(ctx.hz)?;
     Perf::stop(perf).await;
     let lg_connected = ready["connected"].as_u64().unwrap_or(0);
-    let lg_pid = lg.pid().ok_or("load generator exited")?;
+    let lg_pid = lg.pid()?;
     // Let handshake-time allocations settle before reading memory.
     tokio::time::sleep(Duration::from_secs_f64(ctx.plan.agent_settle_s)).await;
     node.check_alive()?;
@@ -768,7 +768,7 @@ async fn handshakes(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         .await?;
     let perf = Perf::start(ctx, pid, "handshake").await?;
     let cpu = CpuSample::take(pid)?;
-    let lg_cpu = CpuSample::take(lg.pid().ok_or("load generator exited")?)?;
+    let lg_cpu = CpuSample::take(lg.pid()?)?;
     let accepted0 = node.metric("x0x_connections_accepted").await;
     lg.wait_event(
         "window_end",
@@ -845,22 +845,32 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         ctx.plan.transfer_reps.to_string(),
     ];
     let mut lg = LoadGen::spawn(&args)?;
+    let lg_pid = lg.pid()?;
     let limit = Duration::from_secs(600);
-    lg.wait_event("relayed_start", limit).await?;
-    let perf = Perf::start(ctx, pid, "relay").await?;
-    let perf_agents = match lg.pid() {
-        Some(p) => Perf::start(ctx, p, "relay-agents").await?,
-        None => None,
-    };
-    let cpu = CpuSample::take(pid)?;
-    let relayed0 = node.metric("x0x_relay_bytes").await;
-    let drops0 = relay_drops(&node).await;
-    lg.wait_event("relayed_end", limit).await?;
-    let (cpu_s, wall_s) = cpu.since(ctx.hz)?;
-    Perf::stop(perf).await;
-    Perf::stop(perf_agents).await;
-    let relayed1 = node.metric("x0x_relay_bytes").await;
-    let drops = relay_drops(&node).await - drops0;
+    // Per path: (node CPU s, load generator CPU s, wall s).
+    let mut cpu = Vec::new();
+    let mut relayed_bytes = None;
+    let mut drops = 0.0;
+    for path in ["direct", "relayed"] {
+        lg.wait_event(&format!("{path}_ready"), limit).await?;
+        let perf_node = Perf::start(ctx, pid, &format!("{path}-node")).await?;
+        let perf_agents = Perf::start(ctx, lg_pid, &format!("{path}-agents")).await?;
+        let (node_cpu, lg_cpu) = (CpuSample::take(pid)?, CpuSample::take(lg_pid)?);
+        let relayed0 = node.metric("x0x_relay_bytes").await;
+        let drops0 = relay_drops(&node).await;
+        lg.send_line("go").await?;
+        lg.wait_event(&format!("{path}_end"), limit).await?;
+        let (node_s, wall_s) = node_cpu.since(ctx.hz)?;
+        let (lg_s, _) = lg_cpu.since(ctx.hz)?;
+        Perf::stop(perf_node).await;
+        Perf::stop(perf_agents).await;
+        cpu.push((node_s, lg_s, wall_s));
+        if path == "relayed" {
+            let relayed1 = node.metric("x0x_relay_bytes").await;
+            relayed_bytes = relayed0.zip(relayed1).map(|(a, b)| b - a);
+            drops = relay_drops(&node).await - drops0;
+        }
+    }
     let r = lg.wait_event("done", Duration::from_secs(60)).await?;
     lg.finish(Duration::from_secs(20)).await?;
     node.check_alive()?;
@@ -917,25 +927,45 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         "",
         "direct_mbit_s / quinn_baseline_mbit_s",
     );
-    let moved = match (relayed0, relayed1) {
-        (Some(a), Some(b)) => format!(
+    let moved = match relayed_bytes {
+        Some(b) => format!(
             "; node relayed {:.0} MiB, dropped {drops:.0} datagrams",
-            (b - a) / 1048576.0
+            b / 1048576.0
         ),
-        _ => String::new(),
+        None => String::new(),
     };
+    let (node_s, _, wall_s) = cpu[1];
+    figs.add(
+        "relay_node_cpu_pct",
+        node_s / wall_s * 100.0,
+        "%",
+        format!("node CPU during the relayed transfers, % of one core{moved}"),
+    );
+    let mib = (ctx.plan.transfer_mib * ctx.plan.transfer_reps as u64) as f64;
+    for ((key, what), (node_s, lg_s, _)) in [
+        ("direct_cpu_ms_per_mib", "direct"),
+        ("relay_cpu_ms_per_mib", "relayed"),
+    ]
+    .into_iter()
+    .zip(cpu)
+    {
+        figs.add(
+            key,
+            (node_s + lg_s) * 1e3 / mib,
+            "ms",
+            format!(
+                "CPU time per MiB moved {what}, both agents + node ({:.0} + {:.0} ms per MiB)",
+                lg_s * 1e3 / mib,
+                node_s * 1e3 / mib
+            ),
+        );
+    }
     for path in ["direct", "relayed"] {
         eprintln!(
             "{path} connection path stats: {}",
             r[format!("{path}_path")]
         );
     }
-    figs.add(
-        "relay_node_cpu_pct",
-        cpu_s / wall_s * 100.0,
-        "%",
-        format!("node CPU during the relayed transfers, % of one core{moved}"),
-    );
     Ok(())
 }
 

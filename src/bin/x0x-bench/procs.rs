@@ -274,8 +274,10 @@ impl LoadGen {
         })
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    pub fn pid(&self) -> Res<u32> {
+        self.child
+            .id()
+            .ok_or_else(|| "load generator exited".into())
     }
 
     /// The next JSON event, within `timeout`.
@@ -304,6 +306,14 @@ impl LoadGen {
                 return Ok(v);
             }
         }
+    }
+
+    /// Send one line to its stdin.
+    pub async fn send_line(&mut self, line: &str) -> Res<()> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
     }
 
     /// Ask it to stop (close its stdin) and wait, at most `timeout`, for it to exit.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde_json::json;
+use tokio::io::AsyncBufReadExt;
 
 use x0x::agent::{ConnectOptions, PathKind};
 use x0x::identity::Identity;
@@ -82,6 +83,7 @@ pub async fn run(a: TransferArgs) -> Res<()> {
         }
     });
 
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut out = serde_json::Map::new();
     out.insert("event".into(), "done".into());
     out.insert("baseline_mbit_s".into(), median(&mut base).into());
@@ -110,7 +112,12 @@ pub async fn run(a: TransferArgs) -> Res<()> {
         }
         let conn = pc.connection().clone();
         let rtt = ping(&conn, a.pings).await?;
-        emit(json!({"event": format!("{name}_start")}));
+        // The orchestrator starts its CPU samples, then says go.
+        emit(json!({"event": format!("{name}_ready")}));
+        tokio::time::timeout(Duration::from_secs(120), stdin.next_line())
+            .await
+            .map_err(|_| "no go from the orchestrator")??
+            .ok_or("stdin closed before go")?;
         let mut rates = Vec::new();
         for _ in 0..a.reps {
             rates.push(bulk(&conn, a.bytes, limit).await?);
