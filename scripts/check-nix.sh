@@ -114,29 +114,31 @@ else
   snapshot=${snapshot:-$(git rev-parse HEAD)}
   echo "  sources: $snapshot"
 
-  # One clean build: fresh copy, fresh CARGO_HOME, vendored sources, offline.
+  # One clean build: fresh copy, vendored sources, then an offline build with an empty
+  # CARGO_HOME, so nothing but ./vendor can supply a crate (as in crane's sandbox).
   # Paths that differ between the two directories are remapped, as crane's fixed
   # sandbox path (/build) makes them equal there.
   build_in() { # dir
     local dir=$1 t0
-    mkdir -p "$dir/src-tree" "$dir/cargo-home"
+    mkdir -p "$dir/src-tree" "$dir/fetch-home" "$dir/cargo-home"
     git archive "$snapshot" | tar -x -C "$dir/src-tree"
     (
       cd "$dir/src-tree" || exit 1
-      export CARGO_HOME="$dir/cargo-home"
-      mkdir -p .cargo
       t0=$(date +%s)
-      # cargo vendor fetches with the copy's own CARGO_HOME; it prints the source
-      # replacement that makes the build below use ./vendor only.
-      cargo vendor --locked --quiet vendor >.cargo/config.toml || exit 2
+      # cargo vendor prints the source replacement that points cargo at the vendor
+      # directory; it is passed with --config rather than written into .cargo/.
+      CARGO_HOME="$dir/fetch-home" cargo vendor --locked "$dir/src-tree/vendor" >"$dir/vendor.toml" 2>"$dir/vendor.log" ||
+        { cat "$dir/vendor.log"; exit 2; }
+      grep -q '^directory = ' "$dir/vendor.toml" || { echo "  cargo vendor printed no source replacement"; exit 2; }
       echo "  vendor in $dir: $(elapsed "$t0")"
       t0=$(date +%s)
       local map="--remap-path-prefix=$dir/src-tree=/build/source --remap-path-prefix=$dir/cargo-home=/build/cargo-home"
-      RUSTFLAGS="$map" \
+      CARGO_HOME="$dir/cargo-home" \
+        RUSTFLAGS="$map" \
         CFLAGS="-ffile-prefix-map=$dir/src-tree=/build/source" \
         CXXFLAGS="-ffile-prefix-map=$dir/src-tree=/build/source" \
         SOURCE_DATE_EPOCH=0 \
-        cargo build --offline --locked --release --quiet --bin x0x-bootstrap || exit 3
+        cargo build --config "$dir/vendor.toml" --offline --locked --release --quiet --bin x0x-bootstrap || exit 3
       echo "  build in $dir: $(elapsed "$t0")"
     )
   }
