@@ -56,6 +56,9 @@ struct Cli {
     /// Override the number of joins.
     #[arg(long)]
     joins: Option<usize>,
+    /// Override the handshakes in flight in the handshake scenario.
+    #[arg(long)]
+    handshake_concurrency: Option<usize>,
     /// Profile the node during each measured window with `perf record`
     /// (cpu-clock, DWARF call graphs), one file per window in DIR. perf's
     /// own cost distorts that run's figures: profile and measure separately.
@@ -280,6 +283,9 @@ async fn bench(cli: Cli) -> Res<()> {
     if let Some(n) = cli.joins {
         plan.joins = n;
     }
+    if let Some(n) = cli.handshake_concurrency {
+        plan.handshake_concurrency = n;
+    }
     let all = ["mesh", "join", "agents", "handshake", "transfer"];
     for s in &cli.only {
         if !all.contains(&s.as_str()) {
@@ -316,6 +322,16 @@ async fn bench(cli: Cli) -> Res<()> {
         f64::from(cli.quick || !cli.full),
         "",
         "1 = quick mode",
+    );
+    figs.add(
+        "debug_build",
+        f64::from(cfg!(debug_assertions)),
+        "",
+        if cfg!(debug_assertions) {
+            "1 = unoptimised build: these figures are not representative"
+        } else {
+            "0 = release build"
+        },
     );
 
     figs.add(
@@ -677,14 +693,12 @@ async fn agents(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         "--ramp-seconds".into(),
         ctx.plan.agent_ramp_s.to_string(),
     ];
-    let perf = Perf::start(ctx, pid, "agents-ramp").await?;
     let ramp = CpuSample::take(pid)?;
     let mut lg = LoadGen::spawn(&args)?;
     let ready = lg
         .wait_event("ready", Duration::from_secs(ctx.plan.agent_ramp_s + 30))
         .await?;
     let (ramp_cpu_s, ramp_wall_s) = ramp.since(ctx.hz)?;
-    Perf::stop(perf).await;
     let lg_connected = ready["connected"].as_u64().unwrap_or(0);
     let lg_pid = lg.pid()?;
     // Let handshake-time allocations settle before reading memory.
@@ -850,14 +864,18 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     // Per path: (node CPU s, load generator CPU s, wall s).
     let mut cpu = Vec::new();
     let mut relayed_bytes = None;
+    let mut relayed_datagrams = None;
     let mut drops = 0.0;
+    let mut udp_drops = 0.0;
     for path in ["direct", "relayed"] {
         lg.wait_event(&format!("{path}_ready"), limit).await?;
         let perf_node = Perf::start(ctx, pid, &format!("{path}-node")).await?;
         let perf_agents = Perf::start(ctx, lg_pid, &format!("{path}-agents")).await?;
         let (node_cpu, lg_cpu) = (CpuSample::take(pid)?, CpuSample::take(lg_pid)?);
         let relayed0 = node.metric("x0x_relay_bytes").await;
+        let datagrams0 = node.metric("x0x_relay_datagrams").await;
         let drops0 = relay_drops(&node).await;
+        let udp0 = udp_buffer_errors();
         lg.send_line("go").await?;
         lg.wait_event(&format!("{path}_end"), limit).await?;
         let (node_s, wall_s) = node_cpu.since(ctx.hz)?;
@@ -868,7 +886,10 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         if path == "relayed" {
             let relayed1 = node.metric("x0x_relay_bytes").await;
             relayed_bytes = relayed0.zip(relayed1).map(|(a, b)| b - a);
+            let datagrams1 = node.metric("x0x_relay_datagrams").await;
+            relayed_datagrams = datagrams0.zip(datagrams1).map(|(a, b)| b - a);
             drops = relay_drops(&node).await - drops0;
+            udp_drops = udp_buffer_errors() - udp0;
         }
     }
     let r = lg.wait_event("done", Duration::from_secs(60)).await?;
@@ -929,7 +950,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     );
     let moved = match relayed_bytes {
         Some(b) => format!(
-            "; node relayed {:.0} MiB, dropped {drops:.0} datagrams",
+            "; node relayed {:.0} MiB, dropped {drops:.0} datagrams; {udp_drops:.0} UDP buffer drops in this namespace",
             b / 1048576.0
         ),
         None => String::new(),
@@ -941,6 +962,14 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         "%",
         format!("node CPU during the relayed transfers, % of one core{moved}"),
     );
+    if let Some(n) = relayed_datagrams.filter(|n| *n > 0.0) {
+        figs.add(
+            "relay_node_cpu_us_per_datagram",
+            node_s * 1e6 / n,
+            "us",
+            format!("node CPU per relayed datagram ({n:.0} datagrams, both legs' QUIC work)"),
+        );
+    }
     let mib = (ctx.plan.transfer_mib * ctx.plan.transfer_reps as u64) as f64;
     for ((key, what), (node_s, lg_s, _)) in [
         ("direct_cpu_ms_per_mib", "direct"),
@@ -954,7 +983,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
             (node_s + lg_s) * 1e3 / mib,
             "ms",
             format!(
-                "CPU time per MiB moved {what}, both agents + node ({:.0} + {:.0} ms per MiB)",
+                "CPU time per MiB moved {what}: agents {:.2} + node {:.2} ms",
                 lg_s * 1e3 / mib,
                 node_s * 1e3 / mib
             ),
@@ -967,6 +996,22 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         );
     }
     Ok(())
+}
+
+/// UDP receive and send buffer overflows in this network namespace so far
+/// (`RcvbufErrors` + `SndbufErrors` of `/proc/net/snmp`).
+fn udp_buffer_errors() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0.0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| *n == "RcvbufErrors" || *n == "SndbufErrors")
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }
 
 /// Relayed datagrams the node dropped so far, all reasons together.
