@@ -163,7 +163,8 @@ pub struct Limits {
     pub relay_circuits_per_peer: usize,
     /// Relay circuits (source and destination pairs) open at once, in all.
     pub relay_circuits: usize,
-    /// New inbound connections accepted per second (burst: one second's worth).
+    /// New inbound connections accepted per second from one source IP (burst:
+    /// one second's worth). Configured mesh peers are exempt.
     pub accept_per_sec: u64,
 }
 

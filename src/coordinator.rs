@@ -15,6 +15,9 @@ use crate::wire::{AgentRecord, Message};
 /// Most addresses kept per agent record.
 pub const MAX_ADDRS: usize = 8;
 
+/// Records per snapshot message: 200 × ~230 bytes stays well under the frame limit.
+pub const SNAPSHOT_CHUNK: usize = 200;
+
 #[derive(Debug, Default)]
 pub struct Directory {
     local: HashMap<PeerId, AgentRecord>,
@@ -58,10 +61,22 @@ impl Directory {
     }
 
     /// The snapshot a mesh peer receives when it connects.
-    pub fn snapshot(&self) -> Message {
-        Message::DirectorySnapshot {
-            records: self.local.values().cloned().collect(),
-        }
+    ///
+    /// Sent as a `DirectorySnapshot` then `DirectorySnapshotMore`s, each small
+    /// enough for one frame (a record is at most ~230 bytes with [`MAX_ADDRS`]
+    /// IPv6 addresses).
+    pub fn snapshot(&self) -> Vec<Message> {
+        let records: Vec<AgentRecord> = self.local.values().cloned().collect();
+        let mut chunks = records.chunks(SNAPSHOT_CHUNK);
+        let first = chunks
+            .next()
+            .map(<[AgentRecord]>::to_vec)
+            .unwrap_or_default();
+        std::iter::once(Message::DirectorySnapshot { records: first })
+            .chain(chunks.map(|c| Message::DirectorySnapshotMore {
+                records: c.to_vec(),
+            }))
+            .collect()
     }
 
     /// Apply a directory message from mesh peer `from`. Returns false if the
@@ -71,6 +86,9 @@ impl Directory {
         match msg {
             Message::DirectorySnapshot { records } => {
                 table.clear();
+                table.extend(records.iter().map(|r| (r.peer, r.clone())));
+            }
+            Message::DirectorySnapshotMore { records } => {
                 table.extend(records.iter().map(|r| (r.peer, r.clone())));
             }
             Message::DirectoryUpsert { record } => {
@@ -147,7 +165,9 @@ mod tests {
         assert_eq!(n2.lookup(&id(10)), None);
 
         n1.register(record(11, 1));
-        assert!(n2.apply(id(1), &n1.snapshot()));
+        for msg in n1.snapshot() {
+            assert!(n2.apply(id(1), &msg));
+        }
         assert_eq!(n2.len(), 1);
         n2.drop_peer(&id(1));
         assert_eq!(n2.lookup(&id(11)), None);
@@ -187,6 +207,36 @@ mod tests {
         );
         assert_eq!(d.lookup(&id(10)), None);
         assert!(d.lookup(&id(11)).is_some());
+    }
+
+    /// A snapshot of many records with the largest addresses fits in frames.
+    #[test]
+    fn large_snapshots_are_split_into_frames_that_fit() {
+        let mut d = Directory::default();
+        for i in 0..1000u16 {
+            let mut peer = [0u8; 32];
+            peer[..2].copy_from_slice(&i.to_be_bytes());
+            d.register(AgentRecord {
+                peer: PeerId::from_bytes(peer),
+                addrs: (0..MAX_ADDRS as u16)
+                    .map(|p| {
+                        format!("[2001:db8:ffff:ffff:ffff:ffff:ffff:{p:x}]:65535")
+                            .parse()
+                            .unwrap()
+                    })
+                    .collect(),
+                home: id(1),
+            });
+        }
+        let msgs = d.snapshot();
+        assert_eq!(msgs.len(), 5);
+        let mut other = Directory::default();
+        for m in &msgs {
+            let frame = crate::wire::encode(m).expect("each part fits in a frame");
+            assert!(frame.len() < crate::wire::MAX_FRAME_LEN);
+            assert!(other.apply(id(1), m));
+        }
+        assert_eq!(other.len(), 1000);
     }
 
     #[test]

@@ -61,6 +61,12 @@ impl Bucket {
         self.last = now;
     }
 
+    /// Whether the bucket has refilled completely (its owner has been idle).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.rate
+    }
+
     /// Take `cost` tokens if there are enough.
     pub fn take(&mut self, cost: f64, now: Instant) -> bool {
         self.refill(now);

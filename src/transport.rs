@@ -26,6 +26,29 @@ pub struct TransportOptions {
     pub udp_buffer_bytes: usize,
     /// Concurrent request streams a peer may open.
     pub max_bidi_streams: u32,
+    /// Flow-control limits: what one peer can make us buffer. `None` keeps
+    /// quinn's defaults (sized for bulk transfer between agents).
+    pub stream_receive_window: Option<u32>,
+    pub receive_window: Option<u32>,
+    /// Relayed datagrams buffered per connection, in each direction.
+    pub datagram_buffer: usize,
+}
+
+impl TransportOptions {
+    /// A bootstrap node's limits: it only reads small frames and forwards
+    /// datagrams, so each connection may make it buffer at most a few
+    /// hundred KiB (a stream holds two frames, a connection 512 KiB).
+    pub fn for_node(keepalive: Duration, idle_timeout: Duration, udp_buffer_bytes: usize) -> Self {
+        Self {
+            keepalive,
+            idle_timeout,
+            udp_buffer_bytes,
+            max_bidi_streams: 32,
+            stream_receive_window: Some(2 * crate::wire::MAX_FRAME_LEN as u32 + 8),
+            receive_window: Some(512 * 1024),
+            datagram_buffer: 256 * 1024,
+        }
+    }
 }
 
 impl Default for TransportOptions {
@@ -35,6 +58,9 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(8),
             udp_buffer_bytes: 2 * 1024 * 1024,
             max_bidi_streams: 32,
+            stream_receive_window: None,
+            receive_window: None,
+            datagram_buffer: 1024 * 1024,
         }
     }
 }
@@ -80,8 +106,15 @@ fn transport_config(opts: &TransportOptions) -> Result<quinn::TransportConfig, T
     ));
     t.max_concurrent_bidi_streams(VarInt::from_u32(opts.max_bidi_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.datagram_receive_buffer_size(Some(1024 * 1024));
-    t.datagram_send_buffer_size(1024 * 1024);
+    t.datagram_receive_buffer_size(Some(opts.datagram_buffer));
+    t.datagram_send_buffer_size(opts.datagram_buffer);
+    if let Some(w) = opts.stream_receive_window {
+        t.stream_receive_window(VarInt::from_u32(w));
+    }
+    if let Some(w) = opts.receive_window {
+        t.receive_window(VarInt::from_u32(w));
+        t.send_window(u64::from(w));
+    }
     Ok(t)
 }
 

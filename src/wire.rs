@@ -125,8 +125,13 @@ pub enum Message {
     },
 
     // --- node to node, on the control stream ---
-    /// The sender's full set of locally registered agents.
+    /// The first part of the sender's full set of locally registered agents
+    /// (replaces what the receiver had from the sender).
     DirectorySnapshot {
+        records: Vec<AgentRecord>,
+    },
+    /// More records of the same snapshot (a snapshot can exceed one frame).
+    DirectorySnapshotMore {
         records: Vec<AgentRecord>,
     },
     DirectoryUpsert {

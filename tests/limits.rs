@@ -75,6 +75,19 @@ async fn new_connections_beyond_the_accept_rate_are_refused() {
     })
     .await;
     assert_eq!(refused, (10 - ok) as f64);
+    // The limit is per source: another address is not throttled meanwhile.
+    let other = Identity::generate().unwrap();
+    let ep2 = transport::endpoint(
+        &other,
+        "127.92.1.2:0".parse().unwrap(),
+        &TransportOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        transport::dial(&ep2, c.nodes[0].quic, Duration::from_secs(3))
+            .await
+            .is_ok()
+    );
     // The limit is a rate, not a ban: a second later connections are accepted again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(

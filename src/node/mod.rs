@@ -96,6 +96,10 @@ impl Shared {
         lock(&self.self_addrs).insert(addr.clone());
     }
 
+    pub fn is_mesh_addr(&self, addr: &SocketAddr) -> bool {
+        lock(&self.mesh_addrs).contains(&canonical(*addr))
+    }
+
     /// Whether a peer claiming to be a bootstrap node is one of ours.
     pub fn is_mesh_member(&self, peer: &PeerId, remote: SocketAddr) -> bool {
         lock(&self.mesh_ids).values().any(|p| p == peer)
@@ -143,15 +147,22 @@ impl Shared {
         }
     }
 
+    /// Change the directory and send the resulting update to every mesh
+    /// peer while still holding the directory lock, so every peer sees the
+    /// updates in the order they happened (and after any snapshot it got).
+    pub fn update_directory(&self, change: impl FnOnce(&mut Directory) -> Option<Message>) {
+        let mut directory = self.directory();
+        if let Some(update) = change(&mut directory) {
+            self.broadcast(update);
+        }
+    }
+
     /// Clean up after a peer's connection ended.
     pub fn forget(&self, peer: PeerId, kind: PeerKind) {
         match kind {
             PeerKind::Agent => {
                 self.limiter.forget(&peer);
-                let update = self.directory().unregister(&peer);
-                if let Some(update) = update {
-                    self.broadcast(update);
-                }
+                self.update_directory(|d| d.unregister(&peer));
             }
             PeerKind::Node => self.directory().drop_peer(&peer),
         }
@@ -223,12 +234,11 @@ impl Node {
     /// Bind the QUIC socket and the health server, then start accepting,
     /// dialing the configured peers and serving health.
     pub async fn start(config: Config, identity: Identity) -> Result<Self, NodeError> {
-        let opts = TransportOptions {
-            keepalive: config.transport.keepalive(),
-            idle_timeout: config.transport.idle_timeout(),
-            udp_buffer_bytes: config.transport.udp_buffer_bytes,
-            ..TransportOptions::default()
-        };
+        let opts = TransportOptions::for_node(
+            config.transport.keepalive(),
+            config.transport.idle_timeout(),
+            config.transport.udp_buffer_bytes,
+        );
         let endpoint = transport::endpoint(&identity, config.listen, &opts)?;
         let health_listener = tokio::net::TcpListener::bind(config.health.listen)
             .await
@@ -316,9 +326,12 @@ impl Node {
     }
 }
 
+/// Source IPs tracked for the accept-rate limit before idle ones are pruned.
+const ACCEPT_TRACKED_IPS: usize = 4096;
+
 async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
-    let mut accept_rate =
-        crate::relay::Bucket::new(shared.config.limits.accept_per_sec, Instant::now());
+    let rate = shared.config.limits.accept_per_sec;
+    let mut per_ip: HashMap<std::net::IpAddr, crate::relay::Bucket> = HashMap::new();
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -327,15 +340,26 @@ async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
                 None => return,
             },
         };
-        if shared.registry.len() >= shared.config.limits.max_connections {
-            shared.metrics.reject_connection("max_connections");
-            incoming.refuse();
-            continue;
-        }
-        if !accept_rate.take(1.0, Instant::now()) {
-            shared.metrics.reject_connection("accept_rate");
-            incoming.refuse();
-            continue;
+        let remote = canonical(incoming.remote_address());
+        // Configured mesh peers are never locked out by agents or floods.
+        if !shared.is_mesh_addr(&remote) {
+            if shared.registry.len() >= shared.config.limits.max_connections {
+                shared.metrics.reject_connection("max_connections");
+                incoming.refuse();
+                continue;
+            }
+            let now = Instant::now();
+            if per_ip.len() >= ACCEPT_TRACKED_IPS {
+                per_ip.retain(|_, b| !b.is_full(now));
+            }
+            let bucket = per_ip
+                .entry(remote.ip())
+                .or_insert_with(|| crate::relay::Bucket::new(rate, now));
+            if !bucket.take(1.0, now) {
+                shared.metrics.reject_connection("accept_rate");
+                incoming.refuse();
+                continue;
+            }
         }
         tasks.spawn(session::inbound(shared.clone(), incoming));
     }

@@ -193,8 +193,15 @@ async fn serve(
     info!(peer = %peer, ?kind, remote = %canonical(conn.remote_address()), "peer connected");
 
     if kind == PeerKind::Node && shared.config.roles.coordinator {
-        let snapshot = shared.directory().snapshot();
-        let _ = tx.try_send(snapshot);
+        // Under the directory lock: no update can be queued before the snapshot.
+        let directory = shared.directory();
+        for part in directory.snapshot() {
+            if tx.try_send(part).is_err() {
+                conn.close(close::PROTOCOL, b"control queue overflow");
+                break;
+            }
+        }
+        drop(directory);
     }
     drop(tx);
 
@@ -244,11 +251,13 @@ async fn serve(
         loop {
             tick.tick().await;
             let now = canonical(conn.remote_address());
-            let update = shared.directory().observed_moved(&peer, now);
-            if let Some(update) = update {
-                info!(peer = %peer, observed = %now, "agent address changed");
-                shared.broadcast(update);
-            }
+            shared.update_directory(|d| {
+                let update = d.observed_moved(&peer, now);
+                if update.is_some() {
+                    info!(peer = %peer, observed = %now, "agent address changed");
+                }
+                update
+            });
         }
     };
 
@@ -338,8 +347,21 @@ async fn request(
                 addrs: all,
                 home: shared.peer_id,
             };
-            let update = shared.directory().register(record.clone());
-            shared.broadcast(update);
+            let mut live = false;
+            shared.update_directory(|d| {
+                // Only while this connection is the agent's live one: a request
+                // read just before a disconnect must not resurrect the record.
+                live = shared
+                    .registry
+                    .get(&agent)
+                    .is_some_and(|e| e.conn.stable_id() == conn.stable_id());
+                live.then(|| d.register(record.clone()))
+            });
+            if !live {
+                return Err(SessionError::Unexpected(
+                    "request from a replaced connection",
+                ));
+            }
             shared.metrics.coordinator_registrations.inc();
             shared.update_gauges();
             Message::Registered { record }
