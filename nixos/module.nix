@@ -5,8 +5,9 @@ let
 
   settingsFormat = pkgs.formats.toml { };
 
-  # The binary's documented defaults for the keys typed below; everything else
-  # (transport.*, limits.*, key_file, ...) passes through the free-form type.
+  # The binary's default for transport.udp_buffer_bytes (7 MiB). Only the keys the
+  # issue names are typed below; transport.*, limits.*, key_file, ... pass through the
+  # free-form type, so this default is repeated here for the sysctls.
   defaultUdpBufferBytes = 7340032;
 
   # "[::]:12000", "0.0.0.0:12000", "host:12000" -> 12000
