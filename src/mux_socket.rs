@@ -33,6 +33,9 @@ use crate::identity::PeerId;
 
 /// Relayed packets queued before new ones are dropped (QUIC retransmits).
 const QUEUE: usize = 4096;
+/// Relay routes created by inbound packets from peers we never dialed;
+/// beyond this, packets from new unsolicited peers are dropped.
+const MAX_ROUTES: usize = 4096;
 
 /// A QUIC packet for the relay: send `payload` to agent `peer` via `node`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +127,12 @@ impl MuxSocket {
 
     /// A QUIC packet from agent `peer` arrived through relay `node`.
     pub fn deliver(&self, node: PeerId, peer: PeerId, payload: Bytes) {
-        let addr = self.relay_addr(node, peer);
+        let known = self.paths().by_route.get(&(node, peer)).copied();
+        let addr = match known {
+            Some(addr) => addr,
+            None if self.paths().by_addr.len() < MAX_ROUTES => self.relay_addr(node, peer),
+            None => return, // too many unsolicited peers: drop
+        };
         {
             let mut q = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= QUEUE {

@@ -21,6 +21,9 @@ pub const DEFAULT_BOOTSTRAP_PEERS: &[&str] = &[
     "45.77.176.184:12000",   // saorsa-9, Tokyo
 ];
 
+/// How long a hostname lookup may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A peer address: `ip:port`, `[ipv6]:port` or `hostname:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerAddr {
@@ -117,9 +120,16 @@ impl PeerAddr {
     pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         match self {
             Self::Socket(a) => Ok(vec![*a]),
-            Self::Host { host, port } => Ok(tokio::net::lookup_host((host.as_str(), *port))
-                .await?
-                .collect()),
+            Self::Host { host, port } => {
+                let lookup = tokio::net::lookup_host((host.as_str(), *port));
+                match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                    Ok(addrs) => Ok(addrs?.collect()),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("resolving {host} took over {RESOLVE_TIMEOUT:?}"),
+                    )),
+                }
+            }
         }
     }
 }

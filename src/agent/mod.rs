@@ -42,6 +42,11 @@ const TAG_APP: u8 = b'A';
 const PUNCH_FOR: Duration = Duration::from_secs(2);
 const PUNCH_EVERY: Duration = Duration::from_millis(100);
 
+/// A bootstrap link that lived this long resets the redial backoff.
+const STABLE_LINK: Duration = Duration::from_secs(2);
+/// Punch tasks running at once; further introductions do not punch.
+const MAX_PUNCHES: usize = 16;
+
 /// How long one dial or one request may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -164,6 +169,8 @@ impl AgentBuilder {
             endpoint,
             socket,
             links: Mutex::new(HashMap::new()),
+            punches: Arc::default(),
+            maintained: Mutex::default(),
             intro_tx,
             relay_tx,
             cancel: cancel.clone(),
@@ -192,6 +199,10 @@ struct Inner {
     endpoint: quinn::Endpoint,
     socket: Arc<MuxSocket>,
     links: Mutex<HashMap<PeerId, Link>>,
+    /// Bootstrap addresses with a task keeping them connected.
+    maintained: Mutex<std::collections::HashSet<PeerAddr>>,
+    /// Punch tasks running now.
+    punches: Arc<std::sync::atomic::AtomicUsize>,
     intro_tx: mpsc::Sender<AgentRecord>,
     relay_tx: mpsc::Sender<RelayedDatagram>,
     cancel: CancellationToken,
@@ -229,9 +240,41 @@ impl Agent {
         let deadline = Instant::now() + self.inner.network.join_timeout;
         let mut pending = Vec::new();
         for addr in self.inner.network.bootstrap_peers.clone() {
+            // Each address is maintained by one task for the agent's life;
+            // joining again only reports on the links that exist.
+            if !self
+                .inner
+                .maintained
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr.clone())
+            {
+                continue;
+            }
             let (tx, rx) = oneshot::channel();
             tokio::spawn(maintain(self.inner.clone(), addr, deadline, tx));
             pending.push(rx);
+        }
+        if pending.is_empty() {
+            while self.bootstrap_nodes().is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let connected = self.bootstrap_nodes();
+            if connected.is_empty() {
+                return Err(AgentError::NoBootstrapReachable {
+                    failures: vec!["still trying every bootstrap node in the background".into()],
+                });
+            }
+            return Ok(JoinReport {
+                observed_addr: connected.iter().find_map(|l| l.observed),
+                registered: connected
+                    .iter()
+                    .filter(|l| l.roles.coordinator)
+                    .map(|l| l.peer_id)
+                    .collect(),
+                connected,
+                failed: Vec::new(),
+            });
         }
         let mut report = JoinReport {
             connected: Vec::new(),
@@ -278,7 +321,12 @@ impl Agent {
 
     /// Find another agent through any connected bootstrap node.
     pub async fn lookup(&self, peer: PeerId) -> Result<Option<AgentRecord>, AgentError> {
-        match self.inner.request_any(Message::Lookup { peer }).await? {
+        let found = |m: &Message| matches!(m, Message::Found { record: Some(_) });
+        match self
+            .inner
+            .request_any(Message::Lookup { peer }, found)
+            .await?
+        {
             Message::Found { record } => Ok(record),
             other => Err(unexpected(other)),
         }
@@ -287,7 +335,13 @@ impl Agent {
     /// Ask a coordinator to introduce us to `peer`: the peer receives our
     /// record (see [`Agent::next_introduction`]) and we get theirs.
     pub async fn introduce(&self, peer: PeerId) -> Result<AgentRecord, AgentError> {
-        match self.inner.request_any(Message::Introduce { peer }).await? {
+        match self
+            .inner
+            .request_any(Message::Introduce { peer }, |m| {
+                matches!(m, Message::Introduction { .. })
+            })
+            .await?
+        {
             Message::Introduction { record } => Ok(record),
             other => Err(unexpected(other)),
         }
@@ -315,9 +369,11 @@ impl Agent {
 
     /// Close every connection and stop reconnecting.
     pub async fn close(self) {
-        self.inner.cancel.cancel();
+        // Close first, so the close frames of relayed connections still get
+        // pumped to their relays; then stop the background tasks.
         self.inner.endpoint.close(close::NORMAL, b"agent closing");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        self.inner.cancel.cancel();
     }
 }
 
@@ -347,15 +403,22 @@ impl Inner {
     }
 
     /// Send a request to the first node that answers it.
-    async fn request_any(&self, msg: Message) -> Result<Message, AgentError> {
-        let mut last = AgentError::NotConnected;
+    /// Ask each connected node in turn until one gives a reply `good`
+    /// accepts (a node may refuse, e.g. without the coordinator role, or not
+    /// know the peer while partitioned). Returns the last reply otherwise.
+    async fn request_any(
+        &self,
+        msg: Message,
+        good: fn(&Message) -> bool,
+    ) -> Result<Message, AgentError> {
+        let mut last = Err(AgentError::NotConnected);
         for conn in self.connections() {
             match request(&conn, &msg).await {
-                Ok(reply) => return Ok(reply),
-                Err(e) => last = e,
+                Ok(reply) if good(&reply) => return Ok(reply),
+                other => last = other,
             }
         }
-        Err(last)
+        last
     }
 }
 
@@ -393,31 +456,48 @@ async fn maintain(
         };
         match attempt {
             Ok((conn, control, info)) => {
-                backoff.reset();
-                inner
-                    .links
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        info.peer_id,
-                        Link {
+                let duplicate = {
+                    let mut links = inner.links.lock().unwrap_or_else(|e| e.into_inner());
+                    let live = links
+                        .get(&info.peer_id)
+                        .is_some_and(|l| l.conn.close_reason().is_none());
+                    if !live {
+                        let link = Link {
                             conn: conn.clone(),
                             info: info.clone(),
-                        },
-                    );
+                        };
+                        links.insert(info.peer_id, link);
+                    }
+                    live
+                };
+                if duplicate {
+                    // The same node under another address: one link per node.
+                    conn.close(close::DUPLICATE, b"already connected to this node");
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Err(format!(
+                            "{addr}: same node as another bootstrap address"
+                        )));
+                    }
+                    return;
+                }
                 let registered = register(&inner, &conn, &info).await;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok((info.clone(), registered)));
                 }
+                let started = Instant::now();
                 run_link(&inner, conn, control, info).await;
+                if started.elapsed() >= STABLE_LINK {
+                    backoff.reset();
+                }
             }
             Err(e) => {
                 debug!(%addr, "bootstrap dial failed: {e}");
                 if Instant::now() >= deadline
                     && let Some(tx) = first.take()
                 {
+                    // Report the failure to join_network, but keep trying:
+                    // the node may be rebooting.
                     let _ = tx.send(Err(format!("{addr}: {e}")));
-                    return; // never reached: stop trying, the join failed for it
                 }
             }
         }
@@ -504,7 +584,17 @@ async fn run_link(
         while let Ok(Some(msg)) = wire::read_frame(&mut control).await {
             if let Message::Introduction { record } = msg {
                 // Open our NAT toward the peer that is about to dial us.
-                tokio::spawn(punch(inner.socket.clone(), record.addrs.clone()));
+                let targets = punch_targets(&record.addrs);
+                let running = inner.punches.clone();
+                if running.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_PUNCHES {
+                    let socket = inner.socket.clone();
+                    tokio::spawn(async move {
+                        punch(socket, targets).await;
+                        running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    });
+                } else {
+                    running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let _ = inner.intro_tx.try_send(record);
             }
         }
@@ -541,6 +631,26 @@ async fn run_link(
     {
         links.remove(&node);
     }
+}
+
+/// Where to punch for an introduced peer: the address the node observed
+/// (first in the record) and self-reported addresses only if they are
+/// private or local, so a registered record cannot aim our packets at
+/// arbitrary public hosts.
+fn punch_targets(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let local = |a: &SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_private() || ip.is_loopback() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
+        }
+    };
+    addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *i == 0 || local(a))
+        .map(|(_, a)| *a)
+        .take(crate::coordinator::MAX_ADDRS)
+        .collect()
 }
 
 /// Send punch packets to `addrs` for [`PUNCH_FOR`].

@@ -251,14 +251,16 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, accepted: mpsc::Sender<PeerCo
                 None => (PathKind::Direct, None),
             };
             tracing::debug!(peer = %peer, ?path, took = ?started.elapsed(), "accepted agent connection");
-            let _ = accepted
-                .send(PeerConnection {
-                    peer,
-                    path,
-                    via,
-                    conn,
-                })
-                .await;
+            let pc = PeerConnection {
+                peer,
+                path,
+                via,
+                conn: conn.clone(),
+            };
+            if accepted.try_send(pc).is_err() {
+                // Nobody is calling accept() fast enough: refuse rather than pile up.
+                conn.close(close::OVERLOADED, b"not accepting connections");
+            }
         });
     }
 }

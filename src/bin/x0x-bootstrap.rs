@@ -71,7 +71,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    runtime.block_on(run(config))
+    let code = runtime.block_on(run(config));
+    // Do not wait for blocking work (a DNS lookup) beyond the shutdown budget.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 fn init_logging(config: &Config) {

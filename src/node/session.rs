@@ -20,6 +20,9 @@ use crate::{reflector, relay, tls};
 /// How long a peer has to complete `Hello`/`Welcome` or send a request.
 const PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Requests per second one agent connection may make (burst: one second's worth).
+const REQUESTS_PER_SEC: u64 = 20;
+
 /// How often an agent's connection is checked for a changed address.
 const MIGRATION_CHECK: Duration = Duration::from_secs(1);
 
@@ -225,8 +228,18 @@ async fn serve(
         if kind != PeerKind::Agent {
             return std::future::pending().await;
         }
+        let mut rate = relay::Bucket::new(REQUESTS_PER_SEC, Instant::now());
         loop {
-            let (send, recv) = conn.accept_bi().await?;
+            let (mut send, recv) = conn.accept_bi().await?;
+            if !rate.take(1.0, Instant::now()) {
+                shared.metrics.reject_frame("request_rate");
+                let refusal = Message::Refused {
+                    reason: "too many requests; slow down".into(),
+                };
+                let _ = wire::write_frame(&mut send, &refusal).await;
+                let _ = send.finish();
+                continue;
+            }
             let shared = shared.clone();
             let conn = conn.clone();
             tokio::spawn(async move {
