@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::PeerAddr;
 
+/// A relayed agent connection needs a 1200-byte QUIC packet plus a tag byte.
+pub const MIN_RELAYED_QUIC_PACKET: usize = 1201;
+
 /// Exit code for a configuration error (`EX_CONFIG` from sysexits.h).
 pub const EX_CONFIG: i32 = 78;
 
@@ -318,6 +321,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Settings that are valid but probably not what the operator wants.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.roles.relay && self.limits.relay_datagram_bytes < MIN_RELAYED_QUIC_PACKET {
+            w.push(format!(
+                "limits.relay_datagram_bytes = {} is below {MIN_RELAYED_QUIC_PACKET}: the relay forwards datagrams but cannot carry relayed agent connections",
+                self.limits.relay_datagram_bytes
+            ));
+        }
+        w
     }
 
     /// The key file: `key_file` if set, else `<state_dir>/node.key`.

@@ -108,6 +108,19 @@ fn running_with_a_bad_config_starts_nothing() {
 }
 
 #[test]
+fn check_warns_when_the_relay_cannot_carry_agent_connections() {
+    let (out, _, _dir) = run(&["--check"], "[limits]\nrelay_datagram_bytes = 1000\n");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# warning: limits.relay_datagram_bytes = 1000"),
+        "{text}"
+    );
+    let (out, _, _dir) = run(&["--check"], "");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
+#[test]
 fn check_touches_no_state() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");

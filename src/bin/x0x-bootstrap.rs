@@ -57,10 +57,17 @@ fn main() -> ExitCode {
         config.key_file = Some(key);
     }
     if args.check {
-        print!("# {}: valid\n{}", args.config.display(), config.to_toml());
+        print!("# {}: valid\n", args.config.display());
+        for w in config.warnings() {
+            println!("# warning: {w}");
+        }
+        print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    for w in config.warnings() {
+        warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
