@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         config.key_file = Some(key);
     }
     if args.check {
-        print!("# {}: valid\n", args.config.display());
+        println!("# {}: valid", args.config.display());
         for w in config.warnings() {
             println!("# warning: {w}");
         }
