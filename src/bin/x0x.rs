@@ -82,7 +82,7 @@ struct KeyArgs {
 
 #[derive(Debug, Args)]
 struct NetArgs {
-    /// A bootstrap node (ip:port, [ipv6]:port or host:port); repeatable.
+    /// A bootstrap node (`ip:port`, `[ipv6]:port` or `host:port`); repeatable.
     /// Default: the public x0x bootstrap nodes.
     #[arg(long = "bootstrap", value_name = "ADDR")]
     bootstrap: Vec<PeerAddr>,
