@@ -91,7 +91,7 @@ pub enum DialError {
         addr: SocketAddr,
         source: quinn::ConnectionError,
     },
-    #[error("no answer from {addr} within {timeout:?}")]
+    #[error("no answer from {addr} within {} ms", timeout.as_millis())]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("{addr} presented no usable identity")]
     NoIdentity { addr: SocketAddr },

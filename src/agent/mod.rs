@@ -452,7 +452,7 @@ async fn maintain(
     loop {
         let attempt = tokio::select! {
             _ = inner.cancel.cancelled() => return,
-            r = connect(&inner, &addr) => r,
+            r = connect(&inner, &addr, dial_timeout(first.is_some(), deadline)) => r,
         };
         match attempt {
             Ok((conn, control, info)) => {
@@ -509,15 +509,25 @@ async fn maintain(
     }
 }
 
+/// While `join_network` waits, a dial may not outlast its deadline.
+fn dial_timeout(joining: bool, deadline: Instant) -> Duration {
+    if !joining {
+        return STEP_TIMEOUT;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    left.clamp(Duration::from_millis(200), STEP_TIMEOUT)
+}
+
 async fn connect(
     inner: &Inner,
     addr: &PeerAddr,
+    timeout: Duration,
 ) -> Result<(quinn::Connection, Control, BootstrapLink), String> {
     let resolved = addr
         .resolve()
         .await
         .map_err(|e| format!("cannot resolve: {e}"))?;
-    let (conn, peer) = transport::dial_any(&inner.endpoint, &resolved, STEP_TIMEOUT).await?;
+    let (conn, peer) = transport::dial_any(&inner.endpoint, &resolved, timeout).await?;
     let socket = crate::network::canonical(conn.remote_address());
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await?;

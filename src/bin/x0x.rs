@@ -145,13 +145,35 @@ async fn join(net: &NetArgs) -> Result<(Agent, x0x::JoinReport), AgentError> {
     };
     cfg.bind = net.bind;
     cfg.join_timeout = Duration::from_millis(net.join_timeout_ms);
+    progress(
+        net,
+        &format!(
+            "joining through {} bootstrap node(s)…",
+            cfg.bootstrap_peers.len()
+        ),
+    );
     let agent = Agent::builder()
         .network(cfg)
         .identity(identity(&net.key)?)
         .build()
         .await?;
     let report = agent.join_network().await?;
+    progress(
+        net,
+        &format!(
+            "joined: {} node(s) reached, {} unreachable",
+            report.connected.len(),
+            report.failed.len()
+        ),
+    );
     Ok((agent, report))
+}
+
+/// Status for people on stderr (text mode only; JSON output stays clean).
+fn progress(net: &NetArgs, line: &str) {
+    if !net.json {
+        eprintln!("x0x: {line}");
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -205,6 +227,17 @@ async fn run(command: Command) -> Result<(), AgentError> {
                 direct_timeout: Duration::from_millis(direct_timeout_ms),
                 ..ConnectOptions::default()
             };
+            progress(
+                &net,
+                &format!(
+                    "connecting to {peer}: direct for up to {direct_timeout_ms} ms{}",
+                    if opts.allow_relay {
+                        ", then through a relay"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             let started = Instant::now();
             let mut pc = agent.connect_with(peer, opts).await?;
             let connect_time = started.elapsed();
