@@ -11,6 +11,7 @@
 # its figures mean nothing). Default: release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/isolated.sh
 
 profile="${X0X_BENCH_PROFILE:-release}"
 target="${CARGO_TARGET_DIR:-target}"
@@ -31,14 +32,8 @@ if [ $# -eq 0 ]; then
 fi
 args=""
 for a in "$@"; do args="$args $(printf '%q' "$a")"; done
-inner="ip link set lo up && $(printf '%q' "$bin/x0x-bench") --node-bin $(printf '%q' "$bin/x0x-bootstrap")$args"
-
-if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
-  unshare -n -- bash -c "$inner"
-elif unshare -rn true 2>/dev/null; then
-  unshare -rn -- bash -c "$inner"
-else
-  echo "error: cannot create a network namespace (need root or unprivileged user namespaces);" >&2
-  echo "       the benchmark refuses to run on the host network." >&2
-  exit 1
-fi
+isolated "$(printf '%q' "$bin/x0x-bench") --node-bin $(printf '%q' "$bin/x0x-bootstrap")$args" || {
+  rc=$?
+  [ "$rc" = 125 ] && echo "error: the benchmark refuses to run on the host network." >&2
+  exit "$rc"
+}

@@ -5,12 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin x0x-bootstrap --example local_mesh
+. scripts/isolated.sh
 run="target/release/examples/local_mesh"
-if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
-  exec unshare -n -- bash -c "ip link set lo up && $run"
-elif unshare -rn true 2>/dev/null; then
-  exec unshare -rn -- bash -c "ip link set lo up && $run"
-else
+isolated "$run" || {
+  rc=$?
+  [ "$rc" = 125 ] || exit "$rc"
   echo "(no network namespace available: running on this host's loopback)"
   exec "$run"
-fi
+}

@@ -9,6 +9,7 @@
 # only a loopback interface, so no test can send a packet off this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/isolated.sh
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
@@ -50,17 +51,11 @@ else
 fi
 
 step "test suite in an isolated network namespace: $runner"
-inner="ip link set lo up && echo \"interfaces in this namespace: \$(ip -o link show | cut -d: -f2 | xargs)\" && $runner"
-if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
-  unshare -n -- bash -c "$inner"
-elif unshare -rn true 2>/dev/null; then
-  # Unprivileged: a user namespace maps us to root inside it.
-  unshare -rn -- bash -c "$inner"
-else
-  echo "error: cannot create a network namespace (need root or unprivileged user namespaces)." >&2
-  echo "       The suite refuses to run on the host network." >&2
-  exit 1
-fi
+isolated "echo \"interfaces in this namespace: \$(ip -o link show | cut -d: -f2 | xargs)\" && $runner" || {
+  rc=$?
+  [ "$rc" = 125 ] && echo "error: the suite refuses to run on the host network." >&2
+  exit "$rc"
+}
 
 if [ "$quick" = 1 ]; then
   step "done (quick)"
