@@ -11,7 +11,57 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::PeerId;
 use crate::network::PeerAddr;
+
+/// A configured mesh peer: an address, optionally pinned to an identity
+/// (`"<64 hex>@host:port"`). A pinned peer counts only if it proves that
+/// key; an unpinned one is whoever answers at the address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MeshPeer {
+    pub id: Option<PeerId>,
+    pub addr: PeerAddr,
+}
+
+impl std::str::FromStr for MeshPeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('@') {
+            Some((id, addr)) => Ok(Self {
+                id: Some(id.parse().map_err(|e| format!("{e} (in {s:?})"))?),
+                addr: addr.parse().map_err(|e| format!("{e}"))?,
+            }),
+            None => Ok(Self {
+                id: None,
+                addr: s.parse().map_err(|e| format!("{e}"))?,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for MeshPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "{id}@{}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl Serialize for MeshPeer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MeshPeer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// A relayed agent connection needs a 1200-byte QUIC packet plus a tag byte.
 pub const MIN_RELAYED_QUIC_PACKET: usize = 1201;
@@ -25,8 +75,9 @@ pub const EX_CONFIG: i32 = 78;
 pub struct Config {
     /// QUIC (UDP) listen address.
     pub listen: SocketAddr,
-    /// Other bootstrap nodes to keep connected to.
-    pub peers: Vec<PeerAddr>,
+    /// Other bootstrap nodes to keep connected to: `addr`, or
+    /// `PEERID@addr` to accept only the node holding that key.
+    pub peers: Vec<MeshPeer>,
     /// Where the node key and other state live.
     pub state_dir: PathBuf,
     /// A pre-provisioned node key (PKCS#8 PEM). Default: `<state_dir>/node.key`,
@@ -262,7 +313,7 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for peer in &self.peers {
-            if !seen.insert(peer.to_string()) {
+            if !seen.insert(peer.addr.to_string()) {
                 return Err(("", "peers", format!("{peer} is listed twice")));
             }
         }
@@ -505,6 +556,25 @@ format = "json"
         assert!(err.contains("log.level"), "{err}");
         let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
         assert!(err.contains(":2") && err.contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn peers_may_pin_an_identity() {
+        let id = "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1";
+        let c = parse(&format!(
+            "peers = [\"{id}@127.0.0.1:7\", \"127.0.0.1:8\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.peers[0].id.unwrap().to_string(), id);
+        assert_eq!(c.peers[1].id, None);
+        let err = parse("peers = [\"abc@127.0.0.1:7\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":1") && err.contains("invalid peer id"),
+            "{err}"
+        );
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
     #[test]

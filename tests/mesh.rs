@@ -143,3 +143,52 @@ fn peers_given_by_hostname_are_resolved_and_meshed() {
         c.peer_counts()
     );
 }
+
+/// A peer pinned as `PEERID@addr` counts only if it proves that key; with
+/// a wrong pin the two nodes never mesh, in either direction.
+#[test]
+fn pinned_peers_must_hold_the_pinned_key() {
+    for (net, pin_right) in [(26u8, true), (27u8, false)] {
+        let mut c = Cluster::full_mesh(net, 2, "");
+        let identity = x0x::Identity::generate().unwrap();
+        let key = c.dir.path().join("node0.pem");
+        std::fs::write(&key, identity.to_pem()).unwrap();
+        let n0 = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        std::fs::write(
+            &c.nodes[0].config,
+            format!("key_file = \"{}\"\n{n0}", key.display()),
+        )
+        .unwrap();
+        let pin = if pin_right {
+            identity.peer_id()
+        } else {
+            x0x::Identity::generate().unwrap().peer_id()
+        };
+        let n1 = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+        let addr = format!("\"127.{net}.0.1:12000\"");
+        assert!(n1.contains(&addr));
+        std::fs::write(
+            &c.nodes[1].config,
+            n1.replace(&addr, &format!("\"{pin}@127.{net}.0.1:12000\"")),
+        )
+        .unwrap();
+        c.start_all();
+        if pin_right {
+            assert!(
+                c.wait_all_report(&[0, 1], 1, Duration::from_secs(30)),
+                "{:?}",
+                c.peer_counts()
+            );
+        } else {
+            // Node 1 has dialed node 0 and rejected it...
+            assert!(common::wait_until(Duration::from_secs(30), || c.nodes[1]
+                .metric("x0x_dial_failures_total")
+                >= 2.0));
+            // ...and refuses node 0's own connections too.
+            assert!(common::wait_until(Duration::from_secs(30), || {
+                c.nodes[1].metric("x0x_frames_rejected_total{reason=\"not_member\"}") >= 1.0
+            }));
+            assert_eq!(c.peer_counts(), vec![Some(0), Some(0)]);
+        }
+    }
+}

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::{Shared, session};
 use crate::backoff::Backoff;
+use crate::config::MeshPeer;
 use crate::network::PeerAddr;
 use crate::transport;
 
@@ -22,7 +23,8 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(2);
 
 /// Keep the configured peer at `addr` connected until shutdown.
-pub async fn maintain(shared: Arc<Shared>, addr: PeerAddr) {
+pub async fn maintain(shared: Arc<Shared>, peer: MeshPeer) {
+    let addr = peer.addr.clone();
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
     let mut changes = shared.registry.subscribe();
     loop {
@@ -39,7 +41,7 @@ pub async fn maintain(shared: Arc<Shared>, addr: PeerAddr) {
         }
         let attempt = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            r = dial(&shared, &addr) => r,
+            r = dial(&shared, &addr, peer.id) => r,
         };
         let retry_in = match attempt {
             Ok((conn, peer)) if peer == shared.peer_id => {
@@ -47,6 +49,12 @@ pub async fn maintain(shared: Arc<Shared>, addr: PeerAddr) {
                 conn.close(crate::wire::close::NORMAL, b"self");
                 shared.mark_self(&addr);
                 return;
+            }
+            Ok((conn, found)) if peer.id.is_some_and(|pin| pin != found) => {
+                warn!(%addr, %found, "configured peer answered with another identity than the pinned one");
+                conn.close(crate::wire::close::WRONG_PEER, b"not the pinned identity");
+                shared.metrics.dial_failures.inc();
+                backoff.next_delay()
             }
             Ok((conn, peer)) => {
                 shared.learn_mesh_id(&addr, peer);
@@ -78,11 +86,12 @@ pub async fn maintain(shared: Arc<Shared>, addr: PeerAddr) {
 async fn dial(
     shared: &Shared,
     addr: &PeerAddr,
+    pin: Option<crate::PeerId>,
 ) -> Result<(quinn::Connection, crate::PeerId), String> {
     let resolved = addr
         .resolve()
         .await
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
-    shared.learn_mesh_addrs(&resolved);
+    shared.learn_mesh_addrs(&resolved, pin);
     transport::dial_any(&shared.endpoint, &resolved, DIAL_TIMEOUT).await
 }

@@ -56,8 +56,10 @@ pub(crate) struct Shared {
     directory: Mutex<Directory>,
     /// Configured peer address -> the identity found there.
     mesh_ids: Mutex<HashMap<PeerAddr, PeerId>>,
-    /// Resolved addresses of configured peers.
-    mesh_addrs: Mutex<HashSet<SocketAddr>>,
+    /// Resolved addresses of configured peers, with the identity pinned there.
+    mesh_addrs: Mutex<HashMap<SocketAddr, Option<PeerId>>>,
+    /// Identities pinned in `peers`.
+    pinned: HashSet<PeerId>,
     /// Configured addresses that turned out to be this node.
     self_addrs: Mutex<HashSet<PeerAddr>>,
 }
@@ -88,8 +90,8 @@ impl Shared {
         lock(&self.mesh_ids).insert(addr.clone(), peer);
     }
 
-    pub fn learn_mesh_addrs(&self, addrs: &[SocketAddr]) {
-        lock(&self.mesh_addrs).extend(addrs.iter().map(|a| canonical(*a)));
+    pub fn learn_mesh_addrs(&self, addrs: &[SocketAddr], pin: Option<PeerId>) {
+        lock(&self.mesh_addrs).extend(addrs.iter().map(|a| (canonical(*a), pin)));
     }
 
     pub fn mark_self(&self, addr: &PeerAddr) {
@@ -97,13 +99,21 @@ impl Shared {
     }
 
     pub fn is_mesh_addr(&self, addr: &SocketAddr) -> bool {
-        lock(&self.mesh_addrs).contains(&canonical(*addr))
+        lock(&self.mesh_addrs).contains_key(&canonical(*addr))
     }
 
-    /// Whether a peer claiming to be a bootstrap node is one of ours.
+    /// Whether a peer claiming to be a bootstrap node is one of ours: a
+    /// pinned identity (from any address), an identity we verified by
+    /// dialing, or whoever connects from an unpinned configured address.
     pub fn is_mesh_member(&self, peer: &PeerId, remote: SocketAddr) -> bool {
-        lock(&self.mesh_ids).values().any(|p| p == peer)
-            || lock(&self.mesh_addrs).contains(&canonical(remote))
+        if self.pinned.contains(peer) || lock(&self.mesh_ids).values().any(|p| p == peer) {
+            return true;
+        }
+        match lock(&self.mesh_addrs).get(&canonical(remote)) {
+            Some(None) => true,
+            Some(Some(pin)) => pin == peer,
+            None => false,
+        }
     }
 
     /// Queue a control message to every connected mesh peer.
@@ -251,11 +261,12 @@ impl Node {
         let mesh_addrs = config
             .peers
             .iter()
-            .filter_map(|p| match p {
-                PeerAddr::Socket(a) => Some(canonical(*a)),
+            .filter_map(|p| match p.addr {
+                PeerAddr::Socket(a) => Some((canonical(a), p.id)),
                 PeerAddr::Host { .. } => None,
             })
             .collect();
+        let pinned = config.peers.iter().filter_map(|p| p.id).collect();
         let shared = Arc::new(Shared {
             peer_id: identity.peer_id(),
             incarnation: rand::random(),
@@ -268,14 +279,15 @@ impl Node {
             directory: Mutex::new(Directory::default()),
             mesh_ids: Mutex::new(HashMap::new()),
             mesh_addrs: Mutex::new(mesh_addrs),
+            pinned,
             self_addrs: Mutex::new(HashSet::new()),
             config,
         });
 
         let tasks = TaskTracker::new();
         tasks.spawn(accept_loop(shared.clone(), tasks.clone()));
-        for addr in shared.config.peers.clone() {
-            tasks.spawn(mesh::maintain(shared.clone(), addr));
+        for peer in shared.config.peers.clone() {
+            tasks.spawn(mesh::maintain(shared.clone(), peer));
         }
         tasks.spawn(health::serve(shared.clone(), health_listener));
         info!(
