@@ -10,6 +10,8 @@
 
 #[path = "netns/agents.rs"]
 mod agents;
+#[path = "common/mod.rs"]
+mod common;
 #[path = "netns/fleet.rs"]
 mod fleet;
 #[path = "netns/lab.rs"]

@@ -58,15 +58,21 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A minimal HTTP/1.0 GET; returns the body of a 200 response.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    http_exchange(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?,
+        addr,
+        path,
+    )
+}
+
+/// Send `GET path` on a connected stream; the body of a 200 response.
+pub fn http_exchange(mut s: TcpStream, addr: SocketAddr, path: &str) -> Option<String> {
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_string())
 }
 
 pub fn ip(net: u8, host: u8) -> String {

@@ -27,7 +27,7 @@
 #![allow(dead_code)]
 
 use std::ffi::c_int;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -696,31 +696,14 @@ pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// GET `path` from `addr` as seen from namespace `ns` (HTTP/1.0); the body
 /// of a 200 response.
 pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = in_ns(ns, || {
+    let s = in_ns(ns, || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1))
     })
     .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_string())
+    crate::common::http_exchange(s, addr, path)
 }
 
-/// Poll `f` every 100 ms until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub use crate::common::wait_until;
 
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
