@@ -116,10 +116,6 @@ impl Directory {
         })
     }
 
-    pub fn is_local(&self, agent: &PeerId) -> bool {
-        self.local.contains_key(agent)
-    }
-
     /// Distinct agents known (local and remote).
     pub fn len(&self) -> usize {
         let mut all: std::collections::HashSet<&PeerId> = self.local.keys().collect();
@@ -158,7 +154,6 @@ mod tests {
         let upsert = n1.register(record(10, 1));
         assert!(n2.apply(id(1), &upsert));
         assert_eq!(n2.lookup(&id(10)), Some(record(10, 1)));
-        assert!(!n2.is_local(&id(10)));
 
         let removal = n1.unregister(&id(10)).unwrap();
         assert!(n2.apply(id(1), &removal));

@@ -96,9 +96,8 @@ pub enum IdentityError {
     Generate(String),
 }
 
-/// An Ed25519 key pair with its PKCS#8 encoding (used for TLS certificates).
+/// An Ed25519 private key (PKCS#8, validated on load) and its [`PeerId`].
 pub struct Identity {
-    key_pair: Ed25519KeyPair,
     pkcs8: Vec<u8>,
     peer_id: PeerId,
 }
@@ -126,7 +125,6 @@ impl Identity {
         let mut id = [0u8; PEER_ID_LEN];
         id.copy_from_slice(key_pair.public_key().as_ref());
         Ok(Self {
-            key_pair,
             pkcs8: der.to_vec(),
             peer_id: PeerId(id),
         })
@@ -204,12 +202,6 @@ impl Identity {
 
     pub fn pkcs8_der(&self) -> &[u8] {
         &self.pkcs8
-    }
-
-    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        let mut out = [0u8; 64];
-        out.copy_from_slice(self.key_pair.sign(msg).as_ref());
-        out
     }
 }
 
