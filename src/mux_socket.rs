@@ -103,9 +103,18 @@ impl MuxSocket {
 
     /// The virtual address of agent `peer` through relay `node` (stable for the pair).
     pub fn relay_addr(&self, node: PeerId, peer: PeerId) -> SocketAddr {
+        self.route(node, peer, usize::MAX).expect("no route limit")
+    }
+
+    /// The virtual address for (node, peer), creating it only while fewer
+    /// than `limit` routes exist. One lock: this runs for every relayed packet.
+    fn route(&self, node: PeerId, peer: PeerId, limit: usize) -> Option<SocketAddr> {
         let mut paths = self.paths();
         if let Some(addr) = paths.by_route.get(&(node, peer)) {
-            return *addr;
+            return Some(*addr);
+        }
+        if paths.by_addr.len() >= limit {
+            return None;
         }
         let n = paths.by_addr.len() as u32 + 1;
         let addr = if self.ipv6 {
@@ -117,7 +126,7 @@ impl MuxSocket {
         };
         paths.by_addr.insert(addr, (node, peer));
         paths.by_route.insert((node, peer), addr);
-        addr
+        Some(addr)
     }
 
     /// The (relay node, agent) behind a virtual address.
@@ -127,11 +136,8 @@ impl MuxSocket {
 
     /// A QUIC packet from agent `peer` arrived through relay `node`.
     pub fn deliver(&self, node: PeerId, peer: PeerId, payload: Bytes) {
-        let known = self.paths().by_route.get(&(node, peer)).copied();
-        let addr = match known {
-            Some(addr) => addr,
-            None if self.paths().by_addr.len() < MAX_ROUTES => self.relay_addr(node, peer),
-            None => return, // too many unsolicited peers: drop
+        let Some(addr) = self.route(node, peer, MAX_ROUTES) else {
+            return; // too many unsolicited peers: drop
         };
         {
             let mut q = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
