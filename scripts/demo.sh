@@ -4,7 +4,7 @@
 # through it. Builds first. Runs in a network namespace of its own when it can.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bin x0x-bootstrap --example local_mesh
+cargo build --release --locked -p x0x-bootstrap -p x0x --bin x0x-bootstrap --example local_mesh
 . scripts/isolated.sh
 run="target/release/examples/local_mesh"
 isolated "$run" || {

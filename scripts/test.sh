@@ -35,19 +35,19 @@ fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "cargo doc (warnings denied, as the flake's rustdoc check)"
-RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 
 step "building tests (fetches crates; the tests themselves run offline)"
-cargo build --locked --all-targets
+cargo build --locked --workspace --all-targets
 if command -v cargo-nextest >/dev/null; then
-  cargo nextest run --locked --no-run >/dev/null
-  runner="cargo nextest run --offline --locked --no-fail-fast"
+  cargo nextest run --locked --workspace --no-run >/dev/null
+  runner="cargo nextest run --offline --locked --workspace --no-fail-fast"
 else
-  runner="cargo test --offline --locked --no-fail-fast"
+  runner="cargo test --offline --locked --workspace --no-fail-fast"
 fi
 
 step "test suite in an isolated network namespace: $runner"

@@ -1,9 +1,9 @@
 //! x0x: an agent-to-agent network over QUIC.
 //!
-//! - [`Agent`] joins the network through bootstrap nodes, learns its public
-//!   address, registers in the shared directory and reaches other agents.
-//! - [`node::Node`] is the bootstrap node (`x0x-bootstrap`): reflector,
-//!   coordinator and relay for agents, in a full mesh with its peers.
+//! [`Agent`] joins the network through bootstrap nodes, learns its public
+//! address, registers in the shared directory and reaches other agents by
+//! [`PeerId`]: directly through NATs when they allow it, otherwise through a
+//! bootstrap node's relay, end-to-end encrypted either way.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), x0x::AgentError> {
@@ -16,21 +16,11 @@
 //! ```
 
 pub mod agent;
-pub mod backoff;
-pub mod config;
-pub mod coordinator;
-pub mod health;
-pub mod identity;
-pub mod metrics;
 pub mod mux_socket;
 pub mod network;
-pub mod node;
-pub mod reflector;
-pub mod relay;
-pub mod tls;
-pub mod transport;
-pub mod wire;
 
 pub use agent::{Agent, AgentBuilder, AgentError, JoinReport};
-pub use identity::{Identity, PeerId};
-pub use network::{DEFAULT_BOOTSTRAP_PEERS, NetworkConfig, PeerAddr};
+pub use network::{DEFAULT_BOOTSTRAP_PEERS, NetworkConfig};
+/// The QUIC implementation whose types appear in this API ([`quinn::Connection`], streams).
+pub use quinn;
+pub use x0x_proto::{Identity, IdentityError, PeerAddr, PeerId};

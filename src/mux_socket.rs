@@ -29,7 +29,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
-use crate::identity::PeerId;
+use x0x_proto::identity::PeerId;
 
 /// Relayed packets queued before new ones are dropped (QUIC retransmits).
 const QUEUE: usize = 4096;

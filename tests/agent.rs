@@ -1,6 +1,6 @@
 //! The agent SDK's join: parallel, retried, honest about failure.
 
-mod common;
+use x0x_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! when possible, relayed when asked or when direct fails, with data
 //! flowing end to end and both sides agreeing on the path.
 
-mod common;
+use x0x_testkit as common;
 
 use std::time::Duration;
 

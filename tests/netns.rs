@@ -10,12 +10,9 @@
 
 #[path = "netns/agents.rs"]
 mod agents;
-#[path = "common/mod.rs"]
-mod common;
 #[path = "netns/fleet.rs"]
 mod fleet;
-#[path = "netns/lab.rs"]
-mod lab;
+use x0x_testkit::netns as lab;
 #[path = "netns/mesh.rs"]
 mod mesh;
 #[path = "netns/nat.rs"]

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc};
-use x0x::identity::{Identity, PeerId};
 use x0x::mux_socket::{MuxSocket, RelayedPacket};
-use x0x::transport::{self, TransportOptions};
+use x0x_proto::identity::{Identity, PeerId};
+use x0x_proto::transport::{self, TransportOptions};
 
 const HONEST: u8 = 0;
 const TAMPER: u8 = 1;
@@ -140,7 +140,7 @@ async fn a_relay_sees_only_ciphertext_and_cannot_forge_or_replay() {
         "end-to-end authenticated: A talks to B, not to the relay"
     );
     let incoming = accept.await.unwrap();
-    assert_eq!(x0x::tls::remote_peer_id(&incoming), Some(a.id));
+    assert_eq!(x0x_proto::tls::remote_peer_id(&incoming), Some(a.id));
 
     // 1. Honest relay: it sees the packets, never the plaintext.
     let marker = b"x0x-plaintext-marker-5b1f0c2e9a47";

@@ -22,13 +22,13 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::debug;
 
-use crate::backoff::Backoff;
-use crate::identity::{Identity, PeerId};
 use crate::mux_socket::MuxSocket;
 use crate::network::{NetworkConfig, PeerAddr};
-use crate::relay;
-use crate::transport::{self, TransportError, TransportOptions};
-use crate::wire::{self, AgentRecord, Message, PeerKind, RoleSet, close};
+use x0x_proto::backoff::Backoff;
+use x0x_proto::identity::{Identity, PeerId};
+use x0x_proto::relay;
+use x0x_proto::transport::{self, TransportError, TransportOptions};
+use x0x_proto::wire::{self, AgentRecord, Message, PeerKind, RoleSet, close};
 
 mod peer;
 
@@ -55,7 +55,7 @@ pub enum AgentError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("identity: {0}")]
-    Identity(#[from] crate::identity::IdentityError),
+    Identity(#[from] x0x_proto::identity::IdentityError),
     #[error("no bootstrap node could be reached: {}", .failures.join("; "))]
     NoBootstrapReachable { failures: Vec<String> },
     #[error("not connected to any bootstrap node")]
@@ -659,7 +659,7 @@ fn punch_targets(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
         .enumerate()
         .filter(|(i, a)| *i == 0 || local(a))
         .map(|(_, a)| *a)
-        .take(crate::coordinator::MAX_ADDRS)
+        .take(x0x_proto::wire::MAX_ADDRS)
         .collect()
 }
 

@@ -22,10 +22,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{Agent, AgentError, Inner, TAG_QUIC};
-use crate::identity::PeerId;
 use crate::mux_socket::{RelayedPacket, is_virtual};
-use crate::wire::{AgentRecord, close};
-use crate::{relay, tls, transport};
+use x0x_proto::identity::PeerId;
+use x0x_proto::wire::{AgentRecord, close};
+use x0x_proto::{relay, tls, transport};
 
 /// How a connection between two agents travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

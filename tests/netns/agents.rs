@@ -10,7 +10,10 @@ use serde_json::Value;
 use crate::fleet::Node;
 use crate::lab::{Host, Lab, Ran};
 
-pub const X0X: &str = env!("CARGO_BIN_EXE_x0x");
+/// The agent CLI binary, as a string for [`Lab::run`].
+pub fn x0x() -> String {
+    x0x_testkit::bin("x0x").display().to_string()
+}
 
 /// Default `x0x connect --bytes`.
 pub const BYTES: u64 = 65536;
@@ -57,7 +60,7 @@ fn key(lab: &Lab, name: &str) -> String {
 pub fn peer_id(lab: &Lab, host: &Host, name: &str) -> String {
     let ran = lab.run(
         &host.ns,
-        X0X,
+        &x0x(),
         &["id", "--key", &key(lab, name), "--json"],
         Duration::from_secs(10),
     );
@@ -86,7 +89,7 @@ pub fn listen(lab: &mut Lab, host: &Host, name: &str, port: u16, nodes: &[&Node]
     let proc = lab.spawn(
         &host.ns,
         name,
-        X0X,
+        &x0x(),
         &args,
         &[("RUST_LOG", "x0x=debug,info")],
     );
@@ -155,7 +158,7 @@ pub fn connect_with(
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.run(&host.ns, X0X, &args, CONNECT_LIMIT)
+    lab.run(&host.ns, &x0x(), &args, CONNECT_LIMIT)
 }
 
 /// A successful connect's JSON, checked against the contract.
@@ -177,7 +180,7 @@ pub fn lookup(lab: &Lab, host: &Host, peer: &str, nodes: &[&Node]) -> (Ran, Opti
     args.extend(bootstrap_args(nodes));
     args.push("--json".to_string());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let ran = lab.run(&host.ns, X0X, &args, Duration::from_secs(30));
+    let ran = lab.run(&host.ns, &x0x(), &args, Duration::from_secs(30));
     let v = json_of(&ran);
     match (ran.code, v["found"].as_bool()) {
         (Some(0), Some(true)) => {

@@ -12,7 +12,10 @@ use serde::Deserialize;
 
 use crate::lab::{Host, Lab, http_get, wait_until};
 
-pub const BOOTSTRAP: &str = env!("CARGO_BIN_EXE_x0x-bootstrap");
+/// The node binary, as a string for [`Lab::spawn`].
+pub fn bootstrap() -> String {
+    x0x_testkit::bootstrap_bin().display().to_string()
+}
 
 #[derive(Debug, Deserialize)]
 struct Inventory {
@@ -140,7 +143,7 @@ pub fn start(lab: &mut Lab, entries: &[InventoryNode]) -> Vec<Node> {
         let proc = lab.spawn(
             &host.ns,
             &entry.name,
-            BOOTSTRAP,
+            &bootstrap(),
             &["--config", path.to_str().unwrap()],
             &[("RUST_LOG", "x0x=debug,info")],
         );

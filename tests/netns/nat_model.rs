@@ -226,7 +226,7 @@ fn a_failing_test_leaves_no_namespace_and_no_process_behind() {
         let p = lab.spawn(
             &c.ns,
             "bootstrap",
-            crate::fleet::BOOTSTRAP,
+            &crate::fleet::bootstrap(),
             &["--config", config.to_str().unwrap()],
             &[],
         );

@@ -1,0 +1,584 @@
+//! The `x0x-bootstrap` configuration file (TOML).
+//!
+//! Every table uses `deny_unknown_fields`: a misspelt key is an error naming
+//! the key, the file and the line, never silently ignored. The key names are
+//! the interface the NixOS module and `hosts/` write; see the README for the
+//! reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use x0x_proto::addr::PeerAddr;
+use x0x_proto::identity::PeerId;
+
+/// A configured mesh peer: an address, optionally pinned to an identity
+/// (`"<64 hex>@host:port"`). A pinned peer counts only if it proves that
+/// key; an unpinned one is whoever answers at the address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MeshPeer {
+    pub id: Option<PeerId>,
+    pub addr: PeerAddr,
+}
+
+impl std::str::FromStr for MeshPeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('@') {
+            Some((id, addr)) => Ok(Self {
+                id: Some(id.parse().map_err(|e| format!("{e} (in {s:?})"))?),
+                addr: addr.parse().map_err(|e| format!("{e}"))?,
+            }),
+            None => Ok(Self {
+                id: None,
+                addr: s.parse().map_err(|e| format!("{e}"))?,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for MeshPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "{id}@{}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl Serialize for MeshPeer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MeshPeer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+pub use x0x_proto::relay::MIN_RELAYED_QUIC_PACKET;
+
+/// Exit code for a configuration error (`EX_CONFIG` from sysexits.h).
+pub const EX_CONFIG: i32 = 78;
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// QUIC (UDP) listen address.
+    pub listen: SocketAddr,
+    /// Other bootstrap nodes to keep connected to: `addr`, or
+    /// `PEERID@addr` to accept only the node holding that key.
+    pub peers: Vec<MeshPeer>,
+    /// Where the node key and other state live.
+    pub state_dir: PathBuf,
+    /// A pre-provisioned node key (PKCS#8 PEM). Default: `<state_dir>/node.key`,
+    /// generated on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    pub roles: Roles,
+    pub health: HealthConfig,
+    pub log: LogConfig,
+    pub transport: TransportConfig,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "[::]:12000".parse().expect("valid literal"),
+            peers: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/x0x-bootstrap"),
+            key_file: None,
+            roles: Roles::default(),
+            health: HealthConfig::default(),
+            log: LogConfig::default(),
+            transport: TransportConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Which services the node offers. All on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Roles {
+    pub coordinator: bool,
+    pub reflector: bool,
+    pub relay: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self {
+            coordinator: true,
+            reflector: true,
+            relay: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// HTTP address for `/health` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Permit a non-loopback `listen` (the endpoints are unauthenticated).
+    pub allow_remote: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:12600".parse().expect("valid literal"),
+            allow_remote: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `x0x=debug,quinn=warn`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// QUIC keep-alive interval.
+    pub keepalive_ms: u64,
+    /// A peer silent for this long is dead (at most 10 000). QUIC restarts
+    /// the timer once when it sends a keep-alive, so a dead peer is noticed
+    /// within `idle_timeout_ms + keepalive_ms`: 10 s with the defaults.
+    pub idle_timeout_ms: u64,
+    /// Requested UDP socket send and receive buffer size.
+    pub udp_buffer_bytes: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 2_000,
+            idle_timeout_ms: 8_000,
+            udp_buffer_bytes: 7 * 1024 * 1024,
+        }
+    }
+}
+
+impl TransportConfig {
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections (nodes and agents) held at once; more are refused.
+    pub max_connections: usize,
+    /// Largest relayed datagram payload (after the 32-byte peer id). Relayed
+    /// agent connections need at least 1 201 (a 1 200-byte QUIC packet and a tag byte).
+    pub relay_datagram_bytes: usize,
+    /// Relay bandwidth one peer may use (token bucket, 1 s burst).
+    pub relay_peer_bytes_per_sec: u64,
+    /// Relay bandwidth for all peers together.
+    pub relay_global_bytes_per_sec: u64,
+    /// Distinct destinations one peer may relay to at once.
+    pub relay_circuits_per_peer: usize,
+    /// Relay circuits (source and destination pairs) open at once, in all.
+    pub relay_circuits: usize,
+    /// New inbound connections accepted per second from one source IP (burst:
+    /// one second's worth). Configured mesh peers are exempt.
+    pub accept_per_sec: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            relay_datagram_bytes: 1_500,
+            relay_peer_bytes_per_sec: 1024 * 1024,
+            relay_global_bytes_per_sec: 128 * 1024 * 1024,
+            relay_circuits_per_peer: 32,
+            relay_circuits: 8_192,
+            accept_per_sec: 500,
+        }
+    }
+}
+
+/// A configuration error, naming the file, the key and (when known) the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}{snippet}", line = line.map_or("?".to_string(), |l| l.to_string()), snippet = snippet.as_ref().map_or(String::new(), |s| format!("\n    {s}")))]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+        snippet: Option<String>,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate configuration text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_number(text, s.start));
+            let table = line.and_then(|l| table_at(text, l));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                message: match table {
+                    Some(t) => format!("in [{t}]: {}", e.message().trim()),
+                    None => e.message().trim().to_string(),
+                },
+                snippet: line
+                    .and_then(|l| text.lines().nth(l - 1))
+                    .map(|s| s.trim().to_string()),
+            }
+        })?;
+        config.validate().map_err(|(table, key, message)| {
+            let line = find_key_line(text, table, key);
+            let name = if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            };
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                message: format!("key `{name}`: {message}"),
+                snippet: line
+                    .and_then(|l| text.lines().nth(l - 1))
+                    .map(|s| s.trim().to_string()),
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot express. Errors are (table, key, message).
+    fn validate(&self) -> Result<(), (&'static str, &'static str, String)> {
+        if !self.health.listen.ip().is_loopback() && !self.health.allow_remote {
+            return Err((
+                "health",
+                "listen",
+                format!(
+                    "{} is not a loopback address; the health and metrics endpoints are unauthenticated (set health.allow_remote = true to permit this)",
+                    self.health.listen
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for peer in &self.peers {
+            if !seen.insert(peer.addr.to_string()) {
+                return Err(("", "peers", format!("{peer} is listed twice")));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err((
+                "log",
+                "level",
+                format!("{:?} is not a valid filter: {e}", self.log.level),
+            ));
+        }
+        let t = &self.transport;
+        if !(1_000..=10_000).contains(&t.idle_timeout_ms) {
+            return Err((
+                "transport",
+                "idle_timeout_ms",
+                format!("{} is outside 1000..=10000", t.idle_timeout_ms),
+            ));
+        }
+        if t.keepalive_ms == 0 || t.keepalive_ms >= t.idle_timeout_ms {
+            return Err((
+                "transport",
+                "keepalive_ms",
+                format!(
+                    "{} must be above 0 and below idle_timeout_ms ({})",
+                    t.keepalive_ms, t.idle_timeout_ms
+                ),
+            ));
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("max_connections", l.max_connections as u64),
+            ("relay_circuits_per_peer", l.relay_circuits_per_peer as u64),
+            ("relay_circuits", l.relay_circuits as u64),
+            ("accept_per_sec", l.accept_per_sec),
+        ] {
+            if value == 0 {
+                return Err(("limits", key, "must be at least 1".into()));
+            }
+        }
+        if !(64..=65_000).contains(&l.relay_datagram_bytes) {
+            return Err((
+                "limits",
+                "relay_datagram_bytes",
+                format!("{} is outside 64..=65000", l.relay_datagram_bytes),
+            ));
+        }
+        if l.relay_peer_bytes_per_sec == 0 || l.relay_global_bytes_per_sec == 0 {
+            return Err((
+                "limits",
+                if l.relay_peer_bytes_per_sec == 0 {
+                    "relay_peer_bytes_per_sec"
+                } else {
+                    "relay_global_bytes_per_sec"
+                },
+                "must be above 0 (switch the relay off with roles.relay = false)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings that are valid but probably not what the operator wants.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.roles.relay && self.limits.relay_datagram_bytes < MIN_RELAYED_QUIC_PACKET {
+            w.push(format!(
+                "limits.relay_datagram_bytes = {} is below {MIN_RELAYED_QUIC_PACKET}: the relay forwards datagrams but cannot carry relayed agent connections",
+                self.limits.relay_datagram_bytes
+            ));
+        }
+        w
+    }
+
+    /// The key file: `key_file` if set, else `<state_dir>/node.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("node.key"))
+    }
+
+    /// The effective configuration as TOML (what `--check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn line_number(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+/// The `[table]` in effect at `line` (1-based), if any.
+fn table_at(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter_map(|l| l.trim().strip_prefix('['))
+        .map(|h| h.trim_end_matches(']').trim().to_string())
+        .last()
+        .filter(|_| {
+            !text
+                .lines()
+                .nth(line - 1)
+                .is_some_and(|l| l.trim().starts_with('['))
+        })
+}
+
+/// The line where `key` is set inside `[table]` (`""` for the top level).
+fn find_key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header.trim_end_matches(']').trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        let full = if current.is_empty() {
+            k.to_string()
+        } else {
+            format!("{current}.{k}")
+        };
+        let wanted = if table.is_empty() {
+            key.to_string()
+        } else {
+            format!("{table}.{key}")
+        };
+        if full == wanted {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), "[::]:12000");
+        assert_eq!(c.health.listen.to_string(), "127.0.0.1:12600");
+        assert_eq!(
+            c.key_path(),
+            PathBuf::from("/var/lib/x0x-bootstrap/node.key")
+        );
+    }
+
+    #[test]
+    fn reads_the_documented_keys() {
+        let c = parse(
+            r#"
+listen = "[::]:12000"
+peers = ["198.51.100.7:12000", "[2001:db8::1]:12000", "node.example.org:12000"]
+state_dir = "/tmp/x"
+[roles]
+coordinator = true
+reflector = false
+relay = true
+[health]
+listen = "127.0.0.1:12600"
+[log]
+level = "debug"
+format = "json"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.peers.len(), 3);
+        assert!(!c.roles.reflector);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let err = parse("listen = \"[::]:12000\"\n[roles]\nrelays = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.toml:3"), "{err}");
+        assert!(err.contains("[roles]") && err.contains("relays"), "{err}");
+    }
+
+    #[test]
+    fn unknown_table_is_an_error() {
+        let err = parse("[node]\nlisten = \"[::]:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.toml:1") && err.contains("node"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_names_line() {
+        let err = parse("\nlisten = \"not-an-address\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.toml:2"), "{err}");
+        assert!(err.contains("listen"), "{err}");
+        let err = parse("peers = [\"1.2.3.4\"]\n").unwrap_err().to_string();
+        assert!(
+            err.contains("node.toml:1") && err.contains("1.2.3.4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_loopback_health_requires_allow_remote() {
+        let err = parse("[health]\nlisten = \"0.0.0.0:12600\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node.toml:2") && err.contains("health.listen"),
+            "{err}"
+        );
+        let ok = parse("[health]\nlisten = \"0.0.0.0:12600\"\nallow_remote = true\n").unwrap();
+        assert!(ok.health.allow_remote);
+    }
+
+    #[test]
+    fn idle_timeout_is_capped_at_ten_seconds() {
+        let err = parse("[transport]\nidle_timeout_ms = 30000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("transport.idle_timeout_ms") && err.contains(":2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_peer_and_bad_log_level_are_rejected() {
+        assert!(parse("peers = [\"127.0.0.1:1\", \"127.0.0.1:1\"]").is_err());
+        let err = parse("[log]\nlevel = \"loud=[\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level"), "{err}");
+        let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2") && err.contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn peers_may_pin_an_identity() {
+        let id = "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1";
+        let c = parse(&format!(
+            "peers = [\"{id}@127.0.0.1:7\", \"127.0.0.1:8\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.peers[0].id.unwrap().to_string(), id);
+        assert_eq!(c.peers[1].id, None);
+        let err = parse("peers = [\"abc@127.0.0.1:7\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":1") && err.contains("invalid peer id"),
+            "{err}"
+        );
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = parse("peers = [\"127.0.0.1:7\"]\n[roles]\nrelay = false\n").unwrap();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+}

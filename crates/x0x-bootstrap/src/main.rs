@@ -1,0 +1,165 @@
+//! `x0x-bootstrap`: a public bootstrap node of the x0x network.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use x0x_bootstrap::Node;
+use x0x_bootstrap::config::{Config, EX_CONFIG, LogFormat};
+use x0x_proto::Identity;
+
+/// Run an x0x bootstrap node: a QUIC (UDP) endpoint that meshes with the
+/// other bootstrap nodes and serves agents as reflector (tells them their
+/// public address), coordinator (directory and introductions) and relay
+/// (forwards their end-to-end encrypted datagrams).
+///
+/// Health JSON and Prometheus metrics are served on `health.listen`
+/// (default 127.0.0.1:12600) at /health and /metrics. SIGTERM or SIGINT
+/// closes every connection and exits 0.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The TOML configuration file (see the README for every key).
+    #[arg(long, short, value_name = "FILE", env = "X0X_CONFIG")]
+    config: PathBuf,
+
+    /// Validate the configuration, print the effective settings and exit:
+    /// 0 if valid, 78 (EX_CONFIG) if not. Binds nothing, touches no state.
+    #[arg(long)]
+    check: bool,
+
+    /// Node key (PKCS#8 PEM); overrides `key_file`. Use with systemd
+    /// credentials: `--key-file %d/node-key`.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+}
+
+/// Exit code for an internal failure (`EX_SOFTWARE`).
+const EX_SOFTWARE: u8 = 70;
+/// Exit code for an unusable key or state directory (`EX_CANTCREAT`/`EX_NOPERM` family).
+const EX_IOERR: u8 = 74;
+/// How long a graceful shutdown may take before we give up waiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("x0x-bootstrap: configuration error: {e}");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    if let Some(key) = args.key_file {
+        config.key_file = Some(key);
+    }
+    if args.check {
+        println!("# {}: valid", args.config.display());
+        for w in config.warnings() {
+            println!("# warning: {w}");
+        }
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    for w in config.warnings() {
+        warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let code = runtime.block_on(run(config));
+    // Do not wait for blocking work (a DNS lookup) beyond the shutdown budget.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_identity(config: &Config) -> Result<Identity, String> {
+    if let Some(path) = &config.key_file {
+        let identity = Identity::load(path).map_err(|e| e.to_string())?;
+        info!(key = %path.display(), "loaded provisioned node key");
+        return Ok(identity);
+    }
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        format!(
+            "cannot create state_dir {}: {e}",
+            config.state_dir.display()
+        )
+    })?;
+    let path = config.key_path();
+    let (identity, created) = Identity::load_or_generate(&path).map_err(|e| e.to_string())?;
+    if created {
+        info!(key = %path.display(), "generated a new node key");
+    }
+    Ok(identity)
+}
+
+async fn run(config: Config) -> ExitCode {
+    let identity = match load_identity(&config) {
+        Ok(i) => i,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_IOERR);
+        }
+    };
+    // Install signal handlers before anything is bound, so no signal is lost.
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install SIGTERM handler: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let node = match Node::start(config, identity).await {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    notify(&[sd_notify::NotifyState::Ready]);
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r { warn!("SIGINT handler failed: {e}") }
+            "SIGINT"
+        }
+    };
+    info!(signal, "graceful shutdown requested");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    node.shutdown(SHUTDOWN_GRACE).await;
+    ExitCode::SUCCESS
+}
+
+/// Tell systemd our state, when run under `Type=notify`.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(state)
+    {
+        warn!("sd_notify failed: {e}");
+    }
+}

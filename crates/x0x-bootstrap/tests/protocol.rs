@@ -1,0 +1,152 @@
+//! Misbehaving peers: bad frames close *that* connection with an error code,
+//! are counted, and never take the node down. Also: the key exchange a real
+//! QUIC handshake with the node negotiates.
+
+use x0x_testkit as common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cluster, blocking};
+use quinn::{ConnectionError, VarInt};
+use x0x_proto::identity::Identity;
+use x0x_proto::transport::{self, TransportOptions};
+use x0x_proto::wire::{self, Message, PeerKind, close};
+
+/// A raw QUIC connection to the node, as a client would open it.
+async fn raw_connection(net: u8, node: &common::NodeProc) -> quinn::Connection {
+    let identity = Identity::generate().unwrap();
+    let bind = format!("127.{net}.1.9:0").parse().unwrap();
+    let ep = transport::endpoint(&identity, bind, &TransportOptions::default()).unwrap();
+    let (conn, _) = transport::dial(&ep, node.quic, Duration::from_secs(5))
+        .await
+        .unwrap();
+    conn
+}
+
+async fn close_code(conn: &quinn::Connection) -> Option<VarInt> {
+    match tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .ok()?
+    {
+        ConnectionError::ApplicationClosed(c) => Some(c.error_code),
+        other => panic!("closed unexpectedly: {other:?}"),
+    }
+}
+
+async fn assert_node_still_serves(net: u8, c: &Arc<Cluster>) {
+    let (_agent, report) = common::joined_agent(net, 2, &[&c.nodes[0]]).await;
+    assert_eq!(report.connected.len(), 1, "node still accepts agents");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_the_connection_with_a_code() {
+    let c = common::single_node(41, "");
+    let conn = raw_connection(41, &c.nodes[0]).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    // Announce a 1 MiB frame: refused from the length prefix alone.
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    send.write_all(&[wire::WIRE_VERSION; 64]).await.unwrap();
+    assert_eq!(close_code(&conn).await, Some(close::FRAME_TOO_LARGE));
+    let c2 = c.clone();
+    let n = blocking(move || c2.nodes[0].metric("x0x_frames_rejected_total{reason=\"too_large\"}"))
+        .await;
+    assert_eq!(n, 1.0);
+    assert_node_still_serves(41, &c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_the_connection_with_a_code() {
+    let c = common::single_node(42, "");
+    let conn = raw_connection(42, &c.nodes[0]).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 4, wire::WIRE_VERSION, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert_eq!(close_code(&conn).await, Some(close::PROTOCOL));
+
+    // A frame of a future wire version.
+    let conn = raw_connection(42, &c.nodes[0]).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 2, 99, 0]).await.unwrap();
+    assert_eq!(close_code(&conn).await, Some(close::VERSION));
+
+    // A valid frame that is not a Hello.
+    let conn = raw_connection(42, &c.nodes[0]).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    wire::write_frame(
+        &mut send,
+        &Message::Lookup {
+            peer: Identity::generate().unwrap().peer_id(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(close_code(&conn).await, Some(close::PROTOCOL));
+
+    let c2 = c.clone();
+    let m = blocking(move || c2.nodes[0].metrics()).await;
+    assert!(
+        m.contains("x0x_frames_rejected_total{reason=\"malformed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("x0x_frames_rejected_total{reason=\"version\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("x0x_frames_rejected_total{reason=\"unexpected\"} 1"),
+        "{m}"
+    );
+    assert_node_still_serves(42, &c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_join_the_mesh_by_claiming_to_be_a_node() {
+    let c = common::single_node(43, "");
+    let conn = raw_connection(43, &c.nodes[0]).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let hello = Message::Hello {
+        kind: PeerKind::Node,
+        incarnation: 1,
+    };
+    wire::write_frame(&mut send, &hello).await.unwrap();
+    assert_eq!(close_code(&conn).await, Some(close::NOT_MEMBER));
+    let c2 = c.clone();
+    let h = blocking(move || c2.nodes[0].health().unwrap()).await;
+    assert_eq!(h["peers"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_with_the_node_negotiate_x25519mlkem768() {
+    let c = common::single_node(44, "");
+    let (_agent, _) = common::joined_agent(44, 1, &[&c.nodes[0]]).await;
+    let c2 = c.clone();
+    let m = blocking(move || c2.nodes[0].metrics()).await;
+    assert!(
+        m.contains("x0x_tls_handshakes_total{group=\"X25519MLKEM768\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("x0x_tls_handshakes_total{group=\"X25519\"} 0"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+    let c = common::single_node(45, "");
+    let conn = raw_connection(45, &c.nodes[0]).await;
+    // Never send Hello: the node gives up after its 5 s protocol timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("node closes a silent connection");
+    match closed {
+        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, close::PROTOCOL),
+        other => panic!("unexpected close: {other:?}"),
+    }
+    let c2 = c.clone();
+    let n =
+        blocking(move || c2.nodes[0].metric("x0x_frames_rejected_total{reason=\"timeout\"}")).await;
+    assert_eq!(n, 1.0);
+}
