@@ -16,6 +16,7 @@
 //! ```
 
 pub mod agent;
+pub mod collab;
 pub mod mux_socket;
 pub mod network;
 

@@ -1,0 +1,48 @@
+//! Agents working together: signed gossip pub/sub, presence, friend-of-a-friend discovery, CRDT task lists.
+pub mod envelope;
+pub mod gossip;
+pub(crate) mod util;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use util::{SignatureCheck, WallClock};
+
+use std::time::Instant;
+use bytes::Bytes;
+use x0x_proto::PeerId;
+use envelope::{Channel, TopicId};
+
+/// What a protocol machine asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<M, E> {
+    /// Carry `message` to `to`.
+    Send {
+        /// The recipient.
+        to: PeerId,
+        /// The message.
+        message: M,
+    },
+    /// Publish `payload` on `topic`'s gossip overlay on `channel`.
+    Publish {
+        /// The topic.
+        topic: TopicId,
+        /// The channel.
+        channel: Channel,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// Something happened.
+    Event(E),
+    /// Call `handle_timer` at or after `at`.
+    SetTimer {
+        /// When.
+        at: Instant,
+    },
+    /// The machine no longer needs a link to `peer`.
+    Disconnect {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+#[cfg(test)]
+pub(crate) mod sim;
