@@ -1,6 +1,8 @@
 //! Agents working together: signed gossip pub/sub, presence, friend-of-a-friend discovery, CRDT task lists.
 pub mod envelope;
+pub mod foaf;
 pub mod gossip;
+pub mod presence;
 pub(crate) mod util;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -80,6 +80,11 @@ impl WallClock {
         Self::new(Instant::now(), ms)
     }
 
+    /// The instant the clock was anchored at.
+    pub fn anchor(&self) -> Instant {
+        self.anchor
+    }
+
     /// Milliseconds since the Unix epoch at `at`.
     pub fn unix_ms(&self, at: Instant) -> u64 {
         if at >= self.anchor {
