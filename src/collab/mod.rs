@@ -1,4 +1,5 @@
 //! Agents working together: signed gossip pub/sub, presence, friend-of-a-friend discovery, CRDT task lists.
+pub mod crdt;
 pub mod envelope;
 pub mod foaf;
 pub mod gossip;
