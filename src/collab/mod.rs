@@ -4,6 +4,7 @@ pub mod envelope;
 pub mod foaf;
 pub mod gossip;
 pub mod presence;
+pub mod wire;
 pub(crate) mod util;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -49,3 +50,5 @@ pub enum Output<M, E> {
 }
 #[cfg(test)]
 pub(crate) mod sim;
+#[cfg(test)]
+mod tests;

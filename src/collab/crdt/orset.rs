@@ -62,6 +62,11 @@ impl<E: Ord + Clone, T: Ord + Clone> OrSet<E, T> {
             .is_some_and(|t| t.iter().any(|t| dead.is_none_or(|d| !d.contains(t))))
     }
 
+    /// The elements in the set, in order, lazily.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &E> {
+        self.adds.keys().filter(|e| self.contains(e))
+    }
+
     /// The elements in the set, in order.
     pub fn elements(&self) -> Vec<E> {
         self.adds

@@ -10,10 +10,14 @@
 //!   the machine sends one peer of the list a `SyncRequest` with its
 //!   version vector. The peer answers with exactly the operations the
 //!   vector lacks (per author, those above its counter) in `SyncOps`
-//!   chunks of at most `max_chunk_bytes`, and, if the vector shows
-//!   operations the peer lacks, a `SyncRequest` of its own, so one round
-//!   trip repairs both sides. Only the difference travels, never the
-//!   whole state (the partition test prints both sizes).
+//!   chunks of at most `max_chunk_bytes`, the last one marked `done`, and,
+//!   if the vector shows operations the peer lacks, a `SyncRequest` of
+//!   its own, so one round trip repairs both sides. Only the difference
+//!   travels, never the whole state (the partition test prints both
+//!   sizes). At most one pull per list is in flight (until its `done`
+//!   chunk or `sync_timeout`), so an agent that gains several new
+//!   neighbours at once, as when a partition heals, does not download the
+//!   same difference from each of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -55,12 +59,15 @@ pub enum TaskMessage {
         /// The sender's version vector.
         vv: VersionVector,
     },
-    /// Operations the recipient lacked.
+    /// Operations the recipient lacked, in chunks; `done` marks the
+    /// last chunk of the answer to one `SyncRequest`.
     SyncOps {
         /// The list.
         list: TopicId,
         /// The operations.
         ops: Vec<SignedOp>,
+        /// Last chunk.
+        done: bool,
     },
 }
 
@@ -102,6 +109,8 @@ pub enum TaskError {
 pub struct TaskSyncConfig {
     /// Time between anti-entropy rounds per list.
     pub sync_interval: Duration,
+    /// How long a pull may stay unanswered before another may start.
+    pub sync_timeout: Duration,
     /// Local operations wait this long to be published together.
     pub batch_delay: Duration,
     /// Largest published batch (bytes of operations).
@@ -120,6 +129,7 @@ impl Default for TaskSyncConfig {
     fn default() -> Self {
         Self {
             sync_interval: Duration::from_secs(1),
+            sync_timeout: Duration::from_secs(3),
             batch_delay: Duration::from_millis(50),
             max_batch_bytes: 48 * 1024,
             max_chunk_bytes: 48 * 1024,
@@ -183,6 +193,8 @@ struct ListState {
     pending: Vec<SignedOp>,
     flush_scheduled: bool,
     buckets: HashMap<PeerId, TokenBucket>,
+    /// The pull in flight: to whom, until when.
+    pulling: Option<(PeerId, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +253,7 @@ impl TaskSync {
                 pending: Vec::new(),
                 flush_scheduled: false,
                 buckets: HashMap::new(),
+                pulling: None,
             },
         );
         let at = now + self.config.sync_interval;
@@ -255,6 +268,11 @@ impl TaskSync {
     /// The replica of `list`.
     pub fn list(&self, list: &TopicId) -> Option<&TaskList> {
         self.lists.get(list).map(|s| &s.list)
+    }
+
+    /// One task of `list`, if present.
+    pub fn task(&self, list: &TopicId, task: &TaskId) -> Option<TaskView> {
+        self.list(list)?.task(task)
     }
 
     /// The present tasks of `list`.
@@ -272,14 +290,25 @@ impl TaskSync {
             return;
         };
         if s.peers.insert(peer) {
-            let vv = s.list.version_vector().clone();
-            self.stats.sync_requests += 1;
-            self.out.push_back(Output::Send {
-                to: peer,
-                message: TaskMessage::SyncRequest { list, vv },
-            });
+            self.pull(list, peer, now);
         }
-        let _ = now;
+    }
+
+    /// Send `peer` a `SyncRequest` unless a pull is already in flight.
+    fn pull(&mut self, list: TopicId, peer: PeerId, now: Instant) {
+        let Some(s) = self.lists.get_mut(&list) else {
+            return;
+        };
+        if s.pulling.is_some_and(|(_, until)| until > now) {
+            return;
+        }
+        s.pulling = Some((peer, now + self.config.sync_timeout));
+        let vv = s.list.version_vector().clone();
+        self.stats.sync_requests += 1;
+        self.out.push_back(Output::Send {
+            to: peer,
+            message: TaskMessage::SyncRequest { list, vv },
+        });
     }
 
     /// `peer` no longer shares `list` (or is gone).
@@ -287,6 +316,9 @@ impl TaskSync {
         if let Some(s) = self.lists.get_mut(list) {
             s.peers.remove(peer);
             s.buckets.remove(peer);
+            if s.pulling.is_some_and(|(p, _)| p == *peer) {
+                s.pulling = None;
+            }
         }
     }
 
@@ -460,26 +492,32 @@ impl TaskSync {
                     self.stats.sync_bytes_sent += n as u64;
                     chunk.push(op.clone());
                 }
-                if !chunk.is_empty() {
-                    sends.push(chunk);
-                }
-                for ops in sends {
+                sends.push(chunk);
+                let last = sends.len() - 1;
+                for (i, ops) in sends.into_iter().enumerate() {
                     self.out.push_back(Output::Send {
                         to: from,
-                        message: TaskMessage::SyncOps { list, ops },
+                        message: TaskMessage::SyncOps {
+                            list,
+                            ops,
+                            done: i == last,
+                        },
                     });
                 }
                 // The requester holds operations we lack: ask for them.
                 if !s.list.version_vector().dominates(&vv) {
-                    let mine = s.list.version_vector().clone();
-                    self.stats.sync_requests += 1;
-                    self.out.push_back(Output::Send {
-                        to: from,
-                        message: TaskMessage::SyncRequest { list, vv: mine },
-                    });
+                    self.pull(list, from, now);
                 }
             }
-            TaskMessage::SyncOps { list, ops } => self.apply_ops(list, ops),
+            TaskMessage::SyncOps { list, ops, done } => {
+                self.apply_ops(list, ops);
+                if done
+                    && let Some(s) = self.lists.get_mut(&list)
+                    && s.pulling.is_some_and(|(p, _)| p == from)
+                {
+                    s.pulling = None;
+                }
+            }
         }
     }
 
@@ -494,12 +532,7 @@ impl TaskSync {
                     };
                     let peers: Vec<PeerId> = s.peers.iter().copied().collect();
                     if let Some(&p) = pick(&peers, peers.len(), &mut self.rng) {
-                        let vv = s.list.version_vector().clone();
-                        self.stats.sync_requests += 1;
-                        self.out.push_back(Output::Send {
-                            to: p,
-                            message: TaskMessage::SyncRequest { list, vv },
-                        });
+                        self.pull(list, p, now);
                     }
                     let f = self.rng.random_range(0.9..1.1);
                     let at = now + self.config.sync_interval.mul_f64(f);

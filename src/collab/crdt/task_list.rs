@@ -541,6 +541,11 @@ impl TaskList {
         })
     }
 
+    /// The ids of the present tasks, in order, lazily.
+    pub fn task_ids(&self) -> impl DoubleEndedIterator<Item = &TaskId> {
+        self.present.iter()
+    }
+
     /// Every present task, in id order.
     pub fn tasks(&self) -> Vec<TaskView> {
         self.present

@@ -680,4 +680,4 @@ impl Gossip {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
