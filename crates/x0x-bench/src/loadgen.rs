@@ -99,7 +99,7 @@ pub fn emit(v: serde_json::Value) {
     println!("{v}");
 }
 
-/// The transport settings of an [`x0x::Agent`] (keep-alive 2 s, idle 10 s,
+/// The transport settings of an [`x0x::Agent`]'s node links (keep-alive 15 s, idle 40 s,
 /// the same stream and datagram limits as `x0x_proto::transport`).
 pub fn agent_transport() -> Res<Arc<quinn::TransportConfig>> {
     let net = x0x::NetworkConfig::with_bootstrap_peers(Vec::new());

@@ -1,7 +1,7 @@
 //! The transfer load generator: two agents on one node move one bulk
 //! transfer and a ping-pong over `Agent::connect_with`, first on a direct
-//! path (`allow_relay: false`), then through the node's relay
-//! (`allow_direct: false`), in the same run. A plain quinn connection
+//! path (`PathPolicy::DirectOnly`), then through the node's relay
+//! (`PathPolicy::RelayOnly`), in the same run. A plain quinn connection
 //! between two endpoints of this process (x0x's TLS, quinn's default
 //! transport settings, plain UDP sockets) moves the same bytes as the
 //! baseline of this run.
