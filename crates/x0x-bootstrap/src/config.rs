@@ -443,6 +443,18 @@ impl Config {
     /// Settings that are valid but probably not what the operator wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        let unpinned: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.id.is_none())
+            .map(|p| p.addr.to_string())
+            .collect();
+        if !unpinned.is_empty() {
+            w.push(format!(
+                "the mesh is unpinned: {} (whoever holds such an address joins the mesh; pin each peer as PEERID@addr, e.g. from `x0x-bootstrap --print-peer-id` on that node and `peer_id` in hosts/inventory.toml)",
+                unpinned.join(", ")
+            ));
+        }
         if self.roles.relay && self.limits.relay_datagram_bytes < MIN_RELAYED_QUIC_PACKET {
             w.push(format!(
                 "limits.relay_datagram_bytes = {} is below {MIN_RELAYED_QUIC_PACKET}: the relay forwards datagrams but cannot carry relayed agent connections",

@@ -57,7 +57,14 @@ pub fn ms(d: Duration) -> f64 {
 /// Build an agent for `net` and join the network.
 pub async fn join(net: &NetArgs) -> Result<(Agent, JoinReport), AgentError> {
     let mut cfg = if net.bootstrap.is_empty() {
-        NetworkConfig::default()
+        let cfg = NetworkConfig::default();
+        if cfg.bootstrap_peers.iter().any(|p| p.id.is_none()) {
+            eprintln!(
+                "x0x: warning: the public bootstrap nodes are not pinned to keys yet \
+                 (hosts/inventory.toml has no peer_id): their identities are not checked"
+            );
+        }
+        cfg
     } else {
         NetworkConfig::with_bootstrap_peers(net.bootstrap.clone())
     };
