@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use x0x_proto::addr::PeerSpec;
+use x0x_proto::addr::{PeerAddr, PeerSpec};
 
 /// The public x0x bootstrap nodes (QUIC/UDP 12000), as listed in
 /// `hosts/inventory.toml`; a test fails if the two drift apart. A node
@@ -46,6 +46,40 @@ pub struct NetworkConfig {
     pub idle_timeout: Duration,
     /// Consent to be reached through bootstrap nodes' relays.
     pub accept_relay: bool,
+    /// Reach nodes over TLS/TCP when UDP to every node fails.
+    pub tcp_fallback: bool,
+    /// How long a first UDP attempt to a node may take before the TCP
+    /// relay is tried (when UDP works nowhere).
+    pub udp_attempt: Duration,
+    /// The TCP relay of each bootstrap peer, by position: entry `i` is
+    /// for `bootstrap_peers[i]`; missing entries default to the host of
+    /// that bootstrap address at port 443.
+    pub tcp_relays: Vec<PeerAddr>,
+    /// An HTTP proxy for the TCP relay (`CONNECT`). Default: from the
+    /// `HTTPS_PROXY` / `https_proxy` environment variable
+    /// (`http://host:port` or `host:port`).
+    pub https_proxy: Option<PeerAddr>,
+}
+
+/// The proxy named by `HTTPS_PROXY` / `https_proxy`, if any and valid.
+fn proxy_from_env() -> Option<PeerAddr> {
+    let v = std::env::var("HTTPS_PROXY")
+        .or_else(|_| std::env::var("https_proxy"))
+        .ok()?;
+    let v = v.trim();
+    let hostport = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .unwrap_or(v)
+        .trim_end_matches('/');
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    match hostport.parse() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("ignoring HTTPS_PROXY={v:?}: {e}");
+            None
+        }
+    }
 }
 
 impl Default for NetworkConfig {
@@ -71,6 +105,10 @@ impl NetworkConfig {
             keepalive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(40),
             accept_relay: true,
+            tcp_fallback: true,
+            udp_attempt: Duration::from_secs(2),
+            tcp_relays: Vec::new(),
+            https_proxy: proxy_from_env(),
         }
     }
 

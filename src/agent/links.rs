@@ -19,8 +19,10 @@ use x0x_proto::wire::{self, Message, PeerKind, ReadLimits};
 use x0x_proto::{PeerId, PeerSpec};
 
 use super::requests::request;
+use super::tcp;
 use super::{BootstrapLink, Inner, JoinReport, Link, NodeState, lock};
 use crate::error::{AgentError, NodeFailure};
+use crate::path::Transport;
 
 /// A bootstrap link that lived this long resets the redial backoff.
 const STABLE_LINK: Duration = Duration::from_secs(2);
@@ -39,7 +41,13 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
     let deadline = started + inner.network.join_timeout;
     let (tx, mut rx) = mpsc::channel(64);
     let mut waiting = Vec::new();
-    for spec in inner.network.bootstrap_peers.clone() {
+    for (index, spec) in inner
+        .network
+        .bootstrap_peers
+        .clone()
+        .into_iter()
+        .enumerate()
+    {
         let key = spec.to_string();
         // Each address is kept by one task for the agent's life.
         if !lock(&inner.maintained).insert(key.clone()) {
@@ -47,7 +55,7 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
         }
         lock(&inner.status).insert(key.clone(), NodeState::Connecting);
         waiting.push(key);
-        tokio::spawn(maintain(inner.clone(), spec, deadline, tx.clone()));
+        tokio::spawn(maintain(inner.clone(), index, spec, deadline, tx.clone()));
     }
     drop(tx);
     let mut report = JoinReport {
@@ -136,6 +144,7 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
 /// (giving up on it at `deadline`), then redial whenever the link drops.
 async fn maintain(
     inner: Arc<Inner>,
+    index: usize,
     spec: PeerSpec,
     deadline: Instant,
     first: mpsc::Sender<First>,
@@ -143,13 +152,26 @@ async fn maintain(
     let key = spec.to_string();
     let mut first = Some(first);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut over_tcp: Option<OverTcp> = None;
+    let mut udp_failures = 0u32;
     loop {
-        let timeout = match first {
+        let mut timeout = match first {
             Some(_) => deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(200), STEP_TIMEOUT),
             None => STEP_TIMEOUT,
         };
+        let tcp_allowed = inner.network.tcp_fallback;
+        // UDP failed here and works with no node: try the TCP relay.
+        if tcp_allowed && udp_failures > 0 && over_tcp.is_none() && !inner.any_udp_link() {
+            match start_tcp(&inner, index, &spec).await {
+                Ok(t) => over_tcp = Some(t),
+                Err(e) => debug!(addr = %key, "TCP relay: {e}"),
+            }
+        }
+        if tcp_allowed && over_tcp.is_none() && !inner.any_udp_link() {
+            timeout = timeout.min(inner.network.udp_attempt);
+        }
         let attempt = tokio::select! {
             _ = inner.cancel.cancelled() => return,
             r = connect(&inner, &spec, timeout) => r,
@@ -175,6 +197,11 @@ async fn maintain(
                     }
                     return;
                 }
+                if over_tcp.is_some() {
+                    info.transport = Transport::Tcp;
+                    // Over TCP the node sees the TCP peer, not a UDP mapping.
+                    info.observed = None;
+                }
                 info.registered = register(&inner, &conn, &info).await;
                 lock(&inner.links).insert(
                     info.peer_id,
@@ -189,7 +216,7 @@ async fn maintain(
                     let _ = tx.send(First::Joined(info.clone())).await;
                 }
                 let started = Instant::now();
-                run_link(&inner, conn, control, &info).await;
+                run_link(&inner, conn, control, &info, &mut over_tcp).await;
                 lock(&inner.status).insert(key.clone(), NodeState::Retrying("link lost".into()));
                 if started.elapsed() >= STABLE_LINK {
                     backoff.reset();
@@ -197,6 +224,11 @@ async fn maintain(
             }
             Err(e) => {
                 debug!(addr = %key, "bootstrap dial failed: {e}");
+                match over_tcp.take() {
+                    // The TCP route did not carry a handshake either: start over.
+                    Some(_) => {}
+                    None => udp_failures += 1,
+                }
                 lock(&inner.status).insert(key.clone(), NodeState::Retrying(e.clone()));
                 if Instant::now() + Duration::from_millis(1) >= deadline
                     && let Some(tx) = first.take()
@@ -218,6 +250,31 @@ async fn maintain(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// A node reached over its TCP relay: the link, and the node's UDP address
+/// whose traffic it carries.
+struct OverTcp {
+    _link: tcp::TcpLink,
+    node_udp: SocketAddr,
+}
+
+async fn start_tcp(inner: &Arc<Inner>, index: usize, spec: &PeerSpec) -> Result<OverTcp, String> {
+    let node_udp = spec
+        .addr
+        .resolve()
+        .await
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .into_iter()
+        .find(|a| inner.socket.reaches(a))
+        .ok_or("resolved to no usable address")?;
+    inner.socket.allow_node(node_udp);
+    let relay = tcp::relay_addr(inner, index, &spec.addr);
+    let link = tcp::start(inner, &relay, node_udp, spec.id).await?;
+    Ok(OverTcp {
+        _link: link,
+        node_udp,
+    })
 }
 
 /// The control stream. Our side sends nothing after `Hello`, but keeps the
@@ -276,6 +333,7 @@ async fn connect(
         observed,
         rtt: conn.rtt(),
         registered: false,
+        transport: Transport::Udp,
     };
     Ok((conn, (send, recv), info))
 }
@@ -324,12 +382,14 @@ fn refresh_candidates(inner: &Inner) {
     inner.socket.set_own_candidates(own);
 }
 
-/// Serve one bootstrap link until it closes: pushes on the control stream.
+/// Serve one bootstrap link until it closes: pushes on the control
+/// stream, and (over TCP) checks whether UDP works again.
 async fn run_link(
     inner: &Arc<Inner>,
     conn: quinn::Connection,
     control: Control,
     info: &BootstrapLink,
+    over_tcp: &mut Option<OverTcp>,
 ) {
     let (_send, mut control) = control;
     let node = info.peer_id;
@@ -342,10 +402,47 @@ async fn run_link(
             }
         }
     };
-    tokio::select! {
-        _ = pushes => {},
-        _ = conn.closed() => {},
-        _ = inner.cancel.cancelled() => {},
+    tokio::pin!(pushes);
+    let node_udp = over_tcp.as_ref().map(|t| t.node_udp);
+    let socket = inner.socket.clone();
+    let recheck = async move {
+        let Some(node_udp) = node_udp else {
+            return std::future::pending().await;
+        };
+        let mut tick = tokio::time::interval(tcp::UDP_RECHECK);
+        loop {
+            tick.tick().await;
+            if socket.udp_echoed(&node_udp).is_some() {
+                return node_udp;
+            }
+            socket.udp_check(node_udp);
+        }
+    };
+    tokio::pin!(recheck);
+    let mut rechecking = node_udp.is_some();
+    loop {
+        tokio::select! {
+            _ = &mut pushes => break,
+            _ = conn.closed() => break,
+            _ = inner.cancel.cancelled() => break,
+            node_udp = &mut recheck, if rechecking => {
+                // UDP works again: the same QUIC link moves to it (the node
+                // sees a migration); the WebSocket closes a little later.
+                rechecking = false;
+                inner.socket.set_tcp_route(node_udp, None);
+                if let Some(l) = lock(&inner.links).get_mut(&node) {
+                    l.info.transport = Transport::Udp;
+                }
+                tokio::spawn(poke(inner.clone(), conn.clone()));
+                if let Some(t) = over_tcp.take() {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        drop(t);
+                    });
+                }
+                debug!(node = %node.short(), "back on UDP");
+            }
+        }
     }
     {
         let mut links = lock(&inner.links);

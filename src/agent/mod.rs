@@ -18,6 +18,7 @@ mod links;
 mod paths;
 mod peer;
 mod requests;
+mod tcp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +53,8 @@ pub struct BootstrapLink {
     pub rtt: Duration,
     /// Whether the node's coordinator accepted our registration.
     pub registered: bool,
+    /// How this agent reaches the node: UDP, or TLS/TCP when UDP is blocked.
+    pub transport: crate::path::Transport,
 }
 
 /// Where the agent is with one configured bootstrap node.
@@ -205,6 +208,10 @@ impl AgentBuilder {
         let server = transport::server_config(&identity, &peers)?;
         let peer_client = transport::client_config(&identity, &peers)?;
         let node_client = transport::client_config(&identity, &nodes)?;
+        let tcp_tls = Arc::new(
+            x0x_proto::tls::tcp_client_config(&identity)
+                .map_err(|e| AgentError::Setup(e.to_string()))?,
+        );
         let udp = bind(network.bind)?;
         let local = udp.local_addr().map_err(|source| AgentError::Bind {
             addr: network.bind,
@@ -236,6 +243,7 @@ impl AgentBuilder {
             socket,
             node_client,
             peer_client,
+            tcp_tls,
             links: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             maintained: Mutex::new(HashSet::new()),
@@ -284,6 +292,8 @@ pub(crate) struct Inner {
     pub socket: Arc<MuxSocket>,
     pub node_client: quinn::ClientConfig,
     pub peer_client: quinn::ClientConfig,
+    /// TLS for the TCP relay.
+    pub tcp_tls: Arc<rustls::ClientConfig>,
     pub links: Mutex<HashMap<PeerId, Link>>,
     /// Per configured bootstrap address.
     pub status: Mutex<HashMap<String, NodeState>>,
@@ -311,6 +321,13 @@ impl Inner {
             .collect();
         v.sort_by_key(|(_, c)| c.rtt());
         v
+    }
+
+    /// Whether any node is linked over UDP now.
+    pub fn any_udp_link(&self) -> bool {
+        lock(&self.links).values().any(|l| {
+            l.info.transport == crate::path::Transport::Udp && l.conn.close_reason().is_none()
+        })
     }
 
     pub fn remember(&self, info: &PeerInfo) {

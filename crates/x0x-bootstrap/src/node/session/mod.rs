@@ -18,7 +18,6 @@ use super::Shared;
 use super::admission::{Handshake, Ticket};
 use super::outbox::Outbox;
 use super::registry::{Admission, Entry};
-use crate::roles::reflector;
 
 /// How often an agent's connection is checked for a changed address.
 const MIGRATION_CHECK: Duration = Duration::from_secs(1);
@@ -130,7 +129,7 @@ pub async fn inbound(
             }
             conn.set_receive_window(VarInt::from_u32(MESH_RECEIVE_WINDOW));
         }
-        let observed = reflector::observed_address(shared.config.roles.reflector, &conn);
+        let observed = shared.reflect(&conn);
         if observed.is_some() {
             shared.metrics.reflector_observations.inc();
         }
@@ -327,6 +326,9 @@ async fn track_address(
         }
         last = now;
         shared.relay.moved(&peer, now);
+        if shared.over_tcp(conn) {
+            continue; // a TCP session's address is no UDP candidate
+        }
         shared.update_directory(|d| {
             let update = d.observed_moved(&peer, canonical(now));
             if update.is_some() {
