@@ -29,7 +29,7 @@
 //! it. A second, different operation under an id already held is an
 //! equivocation by its author: refused and counted, the first one kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
