@@ -212,7 +212,11 @@ impl Envelope {
 
     /// The message id: SHA-256 of a domain prefix, the signed bytes and the signature.
     pub fn id(&self) -> MessageId {
-        MessageId(sha256(&[ID_DOMAIN, &self.signing_bytes(), &self.signature.0]))
+        MessageId(sha256(&[
+            ID_DOMAIN,
+            &self.signing_bytes(),
+            &self.signature.0,
+        ]))
     }
 
     /// The id and the signed bytes, computed once.
@@ -705,7 +709,14 @@ mod tests {
         assert_eq!(v.verify(&env(&a, 15, b"z"), NOW), Err(Rejection::Replay));
         assert!(v.verify(&env(&a, 12, b""), NOW).is_ok());
         // Another channel has its own window.
-        let other = Envelope::sign(&a, TopicId::new("t"), Channel::Presence, 3, NOW, Bytes::new());
+        let other = Envelope::sign(
+            &a,
+            TopicId::new("t"),
+            Channel::Presence,
+            3,
+            NOW,
+            Bytes::new(),
+        );
         assert!(v.verify(&other, NOW).is_ok());
     }
 

@@ -436,7 +436,10 @@ impl Foaf {
         }
         let ttl = self.config.ttl.clamp(1, MAX_TTL);
         if let Some(&key) = self.by_target.get(&target)
-            && self.searches.get(&key).is_some_and(|s| !s.done && s.ttl >= ttl)
+            && self
+                .searches
+                .get(&key)
+                .is_some_and(|s| !s.done && s.ttl >= ttl)
         {
             self.searches
                 .get_mut(&key)
@@ -462,7 +465,11 @@ impl Foaf {
             .copied()
             .filter(|p| Some(*p) != exclude && *p != target)
             .collect();
-        let chosen = sample(&candidates, self.config.fanout.min(MAX_FANOUT), &mut self.rng);
+        let chosen = sample(
+            &candidates,
+            self.config.fanout.min(MAX_FANOUT),
+            &mut self.rng,
+        );
         if chosen.is_empty() || self.searches.len() >= self.config.max_searches {
             self.answer(requester, None, target, self.clock.unix_ms(now));
             return;
@@ -574,7 +581,11 @@ impl Foaf {
             self.stats.misdirected += 1;
             return false;
         }
-        if !self.config.signature_check.check(&sender, &bytes, signature) {
+        if !self
+            .config
+            .signature_check
+            .check(&sender, &bytes, signature)
+        {
             self.stats.bad_signature += 1;
             return false;
         }
@@ -824,14 +835,22 @@ mod tests {
             })
             .collect();
         for (i, node) in nodes.iter_mut().enumerate() {
-            node.f
-                .set_own_addrs(vec![SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16))], start);
+            node.f.set_own_addrs(
+                vec![SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16))],
+                start,
+            );
         }
-        let records: Vec<SignedAgentRecord> =
-            nodes.iter().map(|n| n.f.own_record().unwrap().clone()).collect();
+        let records: Vec<SignedAgentRecord> = nodes
+            .iter()
+            .map(|n| n.f.own_record().unwrap().clone())
+            .collect();
         for &(a, b) in edges {
-            nodes[a].f.add_neighbor(records[b].body.peer, Some(records[b].clone()));
-            nodes[b].f.add_neighbor(records[a].body.peer, Some(records[a].clone()));
+            nodes[a]
+                .f
+                .add_neighbor(records[b].body.peer, Some(records[b].clone()));
+            nodes[b]
+                .f
+                .add_neighbor(records[a].body.peer, Some(records[a].clone()));
         }
         let mut sim = Sim::new(nodes, seed, start);
         let log: Log = Rc::default();
@@ -845,7 +864,12 @@ mod tests {
 
     /// Run a lookup from `asker` for `target`; returns the result, its
     /// latency, and checks what the wire revealed.
-    fn lookup(sim: &mut Sim<FNode>, log: &Log, asker: usize, target: usize) -> (FoafEvent, Duration) {
+    fn lookup(
+        sim: &mut Sim<FNode>,
+        log: &Log,
+        asker: usize,
+        target: usize,
+    ) -> (FoafEvent, Duration) {
         log.borrow_mut().clear();
         let t = sim.nodes[target].f.me;
         let asker_id = sim.nodes[asker].f.me;
@@ -887,7 +911,11 @@ mod tests {
         let (mut sim, log) = network(100, &edges, 1);
         let (ev, _) = lookup(&mut sim, &log, 10, 13);
         match ev {
-            FoafEvent::Found { target, record, distance } => {
+            FoafEvent::Found {
+                target,
+                record,
+                distance,
+            } => {
                 assert_eq!(target, sim.nodes[13].f.me);
                 assert_eq!(record.body.peer, target);
                 assert_eq!(distance, 3);
@@ -895,11 +923,23 @@ mod tests {
             e => panic!("{e:?}"),
         }
         // The last hop (ttl 1) still answers for its own neighbour.
-        assert!(matches!(lookup(&mut sim, &log, 10, 14).0, FoafEvent::Found { distance: 4, .. }));
-        assert!(matches!(lookup(&mut sim, &log, 10, 15).0, FoafEvent::NotFound { .. }));
-        assert!(matches!(lookup(&mut sim, &log, 50, 47).0, FoafEvent::Found { distance: 3, .. }));
+        assert!(matches!(
+            lookup(&mut sim, &log, 10, 14).0,
+            FoafEvent::Found { distance: 4, .. }
+        ));
+        assert!(matches!(
+            lookup(&mut sim, &log, 10, 15).0,
+            FoafEvent::NotFound { .. }
+        ));
+        assert!(matches!(
+            lookup(&mut sim, &log, 50, 47).0,
+            FoafEvent::Found { distance: 3, .. }
+        ));
         // Direct neighbours and oneself need no query.
-        assert!(matches!(lookup(&mut sim, &log, 50, 51).0, FoafEvent::Found { distance: 1, .. }));
+        assert!(matches!(
+            lookup(&mut sim, &log, 50, 51).0,
+            FoafEvent::Found { distance: 1, .. }
+        ));
 
         // Replaying a captured query (and reply) on the wire changes nothing.
         lookup(&mut sim, &log, 30, 33);
@@ -924,7 +964,9 @@ mod tests {
         let from = sim.nodes[rf].f.me;
         sim.with_node(rt, |n, now| n.f.handle(from, r, now));
         // A forged copy (signature of another agent) is dropped too.
-        let FoafMessage::Query { body, .. } = q else { unreachable!() };
+        let FoafMessage::Query { body, .. } = q else {
+            unreachable!()
+        };
         let forged = FoafMessage::Query {
             signature: identity(999).sign(&signed(QUERY_DOMAIN, &body)),
             body,
@@ -1004,7 +1046,9 @@ mod tests {
             };
             let (ev, lat) = lookup(&mut sim, &log, asker, target);
             match ev {
-                FoafEvent::Found { distance, record, .. } => {
+                FoafEvent::Found {
+                    distance, record, ..
+                } => {
                     assert!((3..=4).contains(&distance), "distance {distance}");
                     assert_eq!(record.body.peer, sim.nodes[target].f.me);
                 }
@@ -1015,7 +1059,9 @@ mod tests {
         }
         let p50 = percentile(&mut latencies, 50.0).unwrap();
         let p95 = percentile(&mut latencies, 95.0).unwrap();
-        println!("foaf: {lookups} lookups at distance 3 in a random 100-agent graph: p50 {p50:.0} ms, p95 {p95:.0} ms");
+        println!(
+            "foaf: {lookups} lookups at distance 3 in a random 100-agent graph: p50 {p50:.0} ms, p95 {p95:.0} ms"
+        );
         let total: FoafStats = sim.nodes.iter().fold(FoafStats::default(), |mut acc, n| {
             let s = n.f.stats();
             acc.bad_signature += s.bad_signature;
@@ -1047,7 +1093,14 @@ mod tests {
         v
     }
 
-    fn query(from: &Identity, to: PeerId, qid: u64, target: PeerId, ttl: u8, sent_ms: u64) -> FoafMessage {
+    fn query(
+        from: &Identity,
+        to: PeerId,
+        qid: u64,
+        target: PeerId,
+        ttl: u8,
+        sent_ms: u64,
+    ) -> FoafMessage {
         let body = QueryBody {
             qid,
             target,
@@ -1071,9 +1124,18 @@ mod tests {
         fb.add_neighbor(identity(5).peer_id(), None);
         let me = b.peer_id();
         // Forged: claims to be from a, signed by mallory.
-        let FoafMessage::Query { body, .. } = query(&a, me, 1, target, 3, T0) else { unreachable!() };
+        let FoafMessage::Query { body, .. } = query(&a, me, 1, target, 3, T0) else {
+            unreachable!()
+        };
         let forged_sig = mallory.sign(&signed(QUERY_DOMAIN, &body));
-        fb.handle(a.peer_id(), FoafMessage::Query { body, signature: forged_sig }, t0);
+        fb.handle(
+            a.peer_id(),
+            FoafMessage::Query {
+                body,
+                signature: forged_sig,
+            },
+            t0,
+        );
         assert_eq!(fb.stats().bad_signature, 1);
         // Sent by mallory but naming a as sender (reflection).
         fb.handle(mallory.peer_id(), query(&a, me, 2, target, 3, T0), t0);
@@ -1089,7 +1151,11 @@ mod tests {
         assert_eq!(fb.stats().stale, 1);
         // Not a neighbour.
         let stranger = identity(6);
-        fb.handle(stranger.peer_id(), query(&stranger, me, 6, target, 3, T0), t0);
+        fb.handle(
+            stranger.peer_id(),
+            query(&stranger, me, 6, target, 3, T0),
+            t0,
+        );
         assert_eq!(fb.stats().not_neighbor, 1);
         // Genuine, then replayed.
         let q = query(&a, me, 7, target, 3, T0);
@@ -1098,7 +1164,9 @@ mod tests {
         let forwarded = take_sends(&mut fb);
         assert_eq!(forwarded.len(), 2, "to the other two neighbours");
         for (to, m) in &forwarded {
-            let FoafMessage::Query { body, .. } = m else { panic!() };
+            let FoafMessage::Query { body, .. } = m else {
+                panic!()
+            };
             assert_ne!(*to, a.peer_id());
             assert_ne!(body.qid, 7, "fresh id at each hop");
             assert_eq!(body.sender, me);
@@ -1109,7 +1177,11 @@ mod tests {
         assert_eq!(fb.stats().queries, 1);
         // Token bucket: a burst of 10 per neighbour, then refused.
         for qid in 100..120 {
-            fb.handle(mallory.peer_id(), query(&mallory, me, qid, identity(qid).peer_id(), 1, T0), t0);
+            fb.handle(
+                mallory.peer_id(),
+                query(&mallory, me, qid, identity(qid).peer_id(), 1, T0),
+                t0,
+            );
         }
         assert_eq!(fb.stats().rate_limited, 10);
     }
@@ -1187,14 +1259,29 @@ mod tests {
     #[test]
     fn a_search_with_no_answer_times_out_as_not_found() {
         let t0 = Instant::now();
-        let mut fa = Foaf::new(identity(1), FoafConfig::default(), WallClock::new(t0, T0), 1);
+        let mut fa = Foaf::new(
+            identity(1),
+            FoafConfig::default(),
+            WallClock::new(t0, T0),
+            1,
+        );
         fa.find(identity(9).peer_id(), t0);
-        assert_eq!(events(&mut fa), vec![FoafEvent::NotFound { target: identity(9).peer_id() }]);
+        assert_eq!(
+            events(&mut fa),
+            vec![FoafEvent::NotFound {
+                target: identity(9).peer_id()
+            }]
+        );
         fa.add_neighbor(identity(2).peer_id(), None);
         fa.find(identity(9).peer_id(), t0);
         assert!(events(&mut fa).is_empty());
         fa.handle_timer(fa.next_timeout().unwrap());
-        assert_eq!(events(&mut fa), vec![FoafEvent::NotFound { target: identity(9).peer_id() }]);
+        assert_eq!(
+            events(&mut fa),
+            vec![FoafEvent::NotFound {
+                target: identity(9).peer_id()
+            }]
+        );
     }
 
     proptest::proptest! {

@@ -1,20 +1,21 @@
 //! Agents working together: signed gossip pub/sub, presence, friend-of-a-friend discovery, CRDT task lists.
+#![deny(missing_docs)]
 pub mod crdt;
 pub mod envelope;
 pub mod foaf;
 pub mod gossip;
 pub mod presence;
-pub mod wire;
-pub(crate) mod util;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub(crate) mod util;
+pub mod wire;
 
 pub use util::{SignatureCheck, WallClock};
 
-use std::time::Instant;
 use bytes::Bytes;
-use x0x_proto::PeerId;
 use envelope::{Channel, TopicId};
+use std::time::Instant;
+use x0x_proto::PeerId;
 
 /// What a protocol machine asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

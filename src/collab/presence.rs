@@ -202,12 +202,7 @@ impl PresenceStats {
             ("presence_online", self.online),
             ("presence_offline", self.offline),
         ];
-        v.extend(
-            self.envelopes
-                .counters()
-                .iter()
-                .map(|(n, c)| (*n, *c)),
-        );
+        v.extend(self.envelopes.counters().iter().map(|(n, c)| (*n, *c)));
         v
     }
 }
@@ -580,7 +575,12 @@ mod tests {
     const T0: u64 = 1_700_000_000_000;
 
     fn machine(n: u64, start: Instant) -> Presence {
-        Presence::new(identity(n), PresenceConfig::default(), WallClock::new(start, T0), n)
+        Presence::new(
+            identity(n),
+            PresenceConfig::default(),
+            WallClock::new(start, T0),
+            n,
+        )
     }
 
     fn announce(p: &Presence, seq: u64, at: Instant, leaving: bool) -> Envelope {
@@ -629,7 +629,11 @@ mod tests {
         // One missed announcement is tolerated...
         me.handle_timer(last + Duration::from_millis(2000));
         assert!(events(&mut me).is_empty(), "2 s gap must not trip phi");
-        assert!(me.phi(&topic, &other.me, last + Duration::from_millis(2000)).unwrap() < 8.0);
+        assert!(
+            me.phi(&topic, &other.me, last + Duration::from_millis(2000))
+                .unwrap()
+                < 8.0
+        );
         // ... a crash is detected within 2.5 s of the last announcement.
         let mut detected = None;
         for ms in (2000..5000).step_by(100) {

@@ -63,7 +63,6 @@ pub struct Sim<N: SimNode> {
     pub nodes: Vec<N>,
     index: HashMap<PeerId, usize>,
     alive: Vec<bool>,
-    start: Instant,
     now: Instant,
     seq: u64,
     events: BTreeMap<(Instant, u64), Event<N::Msg>>,
@@ -101,7 +100,6 @@ impl<N: SimNode> Sim<N> {
             nodes,
             index,
             alive: vec![true; n],
-            start,
             now: start,
             seq: 0,
             events: BTreeMap::new(),
@@ -125,21 +123,6 @@ impl<N: SimNode> Sim<N> {
         self.now
     }
 
-    /// Time since the start.
-    pub fn elapsed(&self) -> Duration {
-        self.now - self.start
-    }
-
-    /// The index of `peer`.
-    pub fn index_of(&self, peer: &PeerId) -> usize {
-        self.index[peer]
-    }
-
-    /// Whether agent `i` is running.
-    pub fn is_alive(&self, i: usize) -> bool {
-        self.alive[i]
-    }
-
     /// The fixed one-way latency from `a` to `b` (symmetric).
     pub fn latency(&self, a: usize, b: usize) -> Duration {
         let (x, y) = (a.min(b) as u64, a.max(b) as u64);
@@ -155,9 +138,7 @@ impl<N: SimNode> Sim<N> {
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
-        self.alive[b]
-            && self.alive[a]
-            && self.side.as_ref().is_none_or(|s| s[a] == s[b])
+        self.alive[b] && self.alive[a] && self.side.as_ref().is_none_or(|s| s[a] == s[b])
     }
 
     /// Run `f` on agent `i` now, then route what it produced.
@@ -189,7 +170,14 @@ impl<N: SimNode> Sim<N> {
                     let at = (self.now + self.latency(i, j))
                         .max(self.link_free.get(&(i, j)).copied().unwrap_or(self.now));
                     self.link_free.insert((i, j), at);
-                    self.push(at, Event::Deliver { from: i, to: j, msg });
+                    self.push(
+                        at,
+                        Event::Deliver {
+                            from: i,
+                            to: j,
+                            msg,
+                        },
+                    );
                 }
                 SimAction::Timer(at) => {
                     let at = at.max(self.now);

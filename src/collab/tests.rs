@@ -202,7 +202,9 @@ fn count_bytes(sim: &mut Sim<AgentNode>) -> Rc<Bytes> {
     let b = Rc::new(Bytes::default());
     let c = b.clone();
     sim.observer = Some(Box::new(move |_, _, m: &CollabMessage, _| {
-        let n = wire::encode(m).expect("every simulated message fits its frame").len() as u64;
+        let n = wire::encode(m)
+            .expect("every simulated message fits its frame")
+            .len() as u64;
         c.total.set(c.total.get() + n);
         if let CollabMessage::Tasks(super::crdt::TaskMessage::SyncOps { .. }) = m {
             c.task_sync_ops.set(c.task_sync_ops.get() + n);
@@ -347,13 +349,24 @@ fn sim_partition_3_3_task_lists_converge_after_heal() {
         sim.run_for(Duration::from_millis(10));
     }
     sim.run_for(Duration::from_secs(2));
-    let shared = sim.nodes[0].tasks.as_ref().unwrap().list(&topic).unwrap().len();
+    let shared = sim.nodes[0]
+        .tasks
+        .as_ref()
+        .unwrap()
+        .list(&topic)
+        .unwrap()
+        .len();
     for a in &sim.nodes {
-        assert_eq!(a.tasks.as_ref().unwrap().list(&topic).unwrap().len(), shared);
+        assert_eq!(
+            a.tasks.as_ref().unwrap().list(&topic).unwrap().len(),
+            shared
+        );
     }
 
     // Split 3/3 and keep editing on both sides for 25 s.
-    let side: Vec<u8> = (0..n).map(|i| u8::from(i / per_group >= groups / 2)).collect();
+    let side: Vec<u8> = (0..n)
+        .map(|i| u8::from(i / per_group >= groups / 2))
+        .collect();
     sim.partition(side.clone());
     for _ in 0..2500 {
         edit(&mut sim, &mut rng, 0.18);
@@ -368,7 +381,10 @@ fn sim_partition_3_3_task_lists_converge_after_heal() {
     // Each side converged on its own edits and lacks the other's.
     assert!(lens[..n / 2].iter().all(|&l| l == lens[0]));
     assert!(lens[n / 2..].iter().all(|&l| l == lens[n / 2]));
-    assert!((lens[0] + lens[n / 2] - shared) as u64 == ops, "every edit is on one side");
+    assert!(
+        (lens[0] + lens[n / 2] - shared) as u64 == ops,
+        "every edit is on one side"
+    );
     assert!(ops >= 10_000, "{ops} operations");
 
     // Heal. The driver re-joins through the (merged) directory: each agent
@@ -403,7 +419,10 @@ fn sim_partition_3_3_task_lists_converge_after_heal() {
         {
             break sim.now();
         }
-        assert!(sim.now() - heal_at < Duration::from_secs(60), "no convergence in 60 s");
+        assert!(
+            sim.now() - heal_at < Duration::from_secs(60),
+            "no convergence in 60 s"
+        );
     };
     let converge = converged_at - heal_at;
     let pulls: u64 = sim
@@ -438,7 +457,10 @@ fn sim_partition_3_3_task_lists_converge_after_heal() {
         bytes.total.get() as f64 / 1e6,
     );
     assert!(bytes.task_sync_ops.get() > 0);
-    assert!(delta < full * n as u64, "delta sync must ship less than full state");
+    assert!(
+        delta < full * n as u64,
+        "delta sync must ship less than full state"
+    );
     // Claims resolved identically everywhere.
     for a in &sim.nodes {
         let t = a.tasks.as_ref().unwrap().tasks(&topic);

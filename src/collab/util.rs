@@ -168,9 +168,6 @@ impl<T> Timers<T> {
         self.queue.retain(|_, t| keep(t));
     }
 
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
 }
 
 /// A set remembering each key for `ttl`, holding at most `capacity` keys
@@ -224,6 +221,7 @@ impl<K: Hash + Eq + Clone> TimedSet<K> {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.set.len()
     }

@@ -199,7 +199,10 @@ mod tests {
     fn frames_round_trip_with_version_and_kind() {
         let m = gossip(100);
         let f = encode(&m).unwrap();
-        assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+            f.len() - 4
+        );
         assert_eq!(f[4], COLLAB_WIRE_VERSION);
         assert_eq!(f[5], Kind::Gossip as u8);
         assert_eq!(decode(&f[4..]).unwrap(), m);

@@ -31,9 +31,7 @@ pub use store::{LoadReport, StoreError, TaskStore};
 pub use sync::{
     TaskBatch, TaskError, TaskEvent, TaskMessage, TaskOutput, TaskStats, TaskSync, TaskSyncConfig,
 };
-pub use task_list::{
-    Op, OpError, OpId, OpKind, SignedOp, Status, TaskId, TaskList, TaskView,
-};
+pub use task_list::{Op, OpError, OpId, OpKind, SignedOp, Status, TaskId, TaskList, TaskView};
 pub use version_vector::VersionVector;
 
 #[cfg(test)]

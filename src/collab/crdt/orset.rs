@@ -79,7 +79,10 @@ impl<E: Ord + Clone, T: Ord + Clone> OrSet<E, T> {
     /// Merge another replica.
     pub fn merge(&mut self, other: &Self) {
         for (e, t) in &other.adds {
-            self.adds.entry(e.clone()).or_default().extend(t.iter().cloned());
+            self.adds
+                .entry(e.clone())
+                .or_default()
+                .extend(t.iter().cloned());
         }
         for (e, t) in &other.removed {
             self.removed

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use x0x_proto::{Identity, PeerId};
 
-use super::task_list::{OpError, OpKind, SignedOp, Status, TaskId, TaskList, TaskView, MAX_TITLE};
+use super::task_list::{MAX_TITLE, OpError, OpKind, SignedOp, Status, TaskId, TaskList, TaskView};
 use super::version_vector::VersionVector;
 use crate::collab::Output;
 use crate::collab::envelope::{Channel, TopicId};
@@ -457,7 +457,8 @@ impl TaskSync {
             }
         }
         if changed {
-            self.out.push_back(Output::Event(TaskEvent::Changed { list }));
+            self.out
+                .push_back(Output::Event(TaskEvent::Changed { list }));
         }
     }
 

@@ -196,10 +196,10 @@ impl Op {
             return Err(OpError::Invalid("zero counter or lamport time"));
         }
         match &self.kind {
-            OpKind::Add { title, description } => {
-                if title.len() > MAX_TITLE || description.len() > MAX_DESCRIPTION {
-                    return Err(OpError::Invalid("text too long"));
-                }
+            OpKind::Add { title, description }
+                if title.len() > MAX_TITLE || description.len() > MAX_DESCRIPTION =>
+            {
+                return Err(OpError::Invalid("text too long"));
             }
             OpKind::SetTitle { title, .. } if title.len() > MAX_TITLE => {
                 return Err(OpError::Invalid("title too long"));
@@ -235,7 +235,11 @@ impl SignedOp {
 
     /// Whether the author's signature verifies.
     pub fn verify(&self, check: &SignatureCheck) -> bool {
-        check.check(&self.op.id.author, &self.op.signing_bytes(), &self.signature)
+        check.check(
+            &self.op.id.author,
+            &self.op.signing_bytes(),
+            &self.signature,
+        )
     }
 
     /// Its encoded size on the wire (postcard).
@@ -438,7 +442,11 @@ impl TaskList {
                 self.present.add(o.id, o.id);
             }
             OpKind::SetTitle { task, title } => {
-                self.tasks.entry(*task).or_default().title.set(stamp, title.clone());
+                self.tasks
+                    .entry(*task)
+                    .or_default()
+                    .title
+                    .set(stamp, title.clone());
             }
             OpKind::SetDescription { task, description } => {
                 self.tasks

@@ -148,7 +148,14 @@ fn regression_lww_three_concurrent_writers_converge() {
         .collect();
     let winner = (0..3).max_by_key(|&i| peer(i)).unwrap();
     let expected = ["from 0", "from 1", "from 2"][winner];
-    for perm in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+    for perm in [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ] {
         let [x, y, z] = perm.map(|i| w[i].clone());
         let mut left = x.clone();
         left.merge(&y);
@@ -163,12 +170,26 @@ fn regression_lww_three_concurrent_writers_converge() {
 
     // The same through task lists: three replicas retitle one task concurrently.
     let mut base = TaskList::new(list_id(), memo_check());
-    let add = base.apply_own(&ids()[0], OpKind::Add { title: "t".into(), description: String::new() }, 0);
+    let add = base.apply_own(
+        &ids()[0],
+        OpKind::Add {
+            title: "t".into(),
+            description: String::new(),
+        },
+        0,
+    );
     let task = add.op.id;
     let replicas: Vec<TaskList> = (0..3)
         .map(|i| {
             let mut r = base.clone();
-            r.apply_own(&ids()[i], OpKind::SetTitle { task, title: format!("from {i}") }, 0);
+            r.apply_own(
+                &ids()[i],
+                OpKind::SetTitle {
+                    task,
+                    title: format!("from {i}"),
+                },
+                0,
+            );
             r
         })
         .collect();
@@ -217,11 +238,18 @@ fn action() -> impl Strategy<Value = Action> {
 /// concurrent operations with realistic Lamport times. Returns every
 /// operation made. Wall clocks are deliberately all over the place.
 fn run(script: &[Action]) -> Vec<SignedOp> {
-    let mut replicas: Vec<TaskList> = (0..3).map(|_| TaskList::new(list_id(), memo_check())).collect();
+    let mut replicas: Vec<TaskList> = (0..3)
+        .map(|_| TaskList::new(list_id(), memo_check()))
+        .collect();
     let mut all = vec![];
     for a in script {
         match *a {
-            Action::Op { author, kind, target, text } => {
+            Action::Op {
+                author,
+                kind,
+                target,
+                text,
+            } => {
                 let r = &mut replicas[author];
                 let known: Vec<TaskId> = r
                     .ops()
@@ -229,15 +257,27 @@ fn run(script: &[Action]) -> Vec<SignedOp> {
                     .map(|o| o.op.id)
                     .collect();
                 let kind = if known.is_empty() || kind < 2 {
-                    OpKind::Add { title: format!("t{text}"), description: String::new() }
+                    OpKind::Add {
+                        title: format!("t{text}"),
+                        description: String::new(),
+                    }
                 } else {
                     let task = known[target % known.len()];
                     match kind {
-                        2 => OpKind::SetTitle { task, title: format!("t{text}") },
-                        3 => OpKind::SetDescription { task, description: format!("d{text}") },
+                        2 => OpKind::SetTitle {
+                            task,
+                            title: format!("t{text}"),
+                        },
+                        3 => OpKind::SetDescription {
+                            task,
+                            description: format!("d{text}"),
+                        },
                         4 => OpKind::Claim { task },
                         5 => OpKind::Done { task },
-                        6 => OpKind::Remove { task, observed: r.observed_tags(&task) },
+                        6 => OpKind::Remove {
+                            task,
+                            observed: r.observed_tags(&task),
+                        },
                         _ => OpKind::Restore { task },
                     }
                 };
@@ -353,7 +393,14 @@ fn backdated_wall_clock_cannot_win_a_claim() {
     const DAY: u64 = 86_400_000;
     let (alice, bob) = (&ids()[0], &ids()[1]);
     let mut a = TaskList::new(list_id(), memo_check());
-    let add = a.apply_own(alice, OpKind::Add { title: "ship it".into(), description: String::new() }, NOW);
+    let add = a.apply_own(
+        alice,
+        OpKind::Add {
+            title: "ship it".into(),
+            description: String::new(),
+        },
+        NOW,
+    );
     let task = add.op.id;
     let mut b = a.clone();
 
@@ -371,7 +418,14 @@ fn backdated_wall_clock_cannot_win_a_claim() {
     // wins on both replicas; the wall clock does not matter either way.
     for (wall_a, wall_b) in [(NOW, NOW - DAY), (NOW - DAY, NOW)] {
         let mut base = TaskList::new(list_id(), memo_check());
-        let add = base.apply_own(alice, OpKind::Add { title: "x".into(), description: String::new() }, NOW);
+        let add = base.apply_own(
+            alice,
+            OpKind::Add {
+                title: "x".into(),
+                description: String::new(),
+            },
+            NOW,
+        );
         let task = add.op.id;
         let (mut ra, mut rb) = (base.clone(), base.clone());
         let ca = ra.apply_own(alice, OpKind::Claim { task }, wall_a);
@@ -389,7 +443,14 @@ fn backdated_wall_clock_cannot_win_a_claim() {
 fn add_wins_over_a_concurrent_remove() {
     let (alice, bob) = (&ids()[0], &ids()[1]);
     let mut a = TaskList::new(list_id(), memo_check());
-    let add = a.apply_own(alice, OpKind::Add { title: "x".into(), description: String::new() }, 0);
+    let add = a.apply_own(
+        alice,
+        OpKind::Add {
+            title: "x".into(),
+            description: String::new(),
+        },
+        0,
+    );
     let task = add.op.id;
     let mut b = a.clone();
     let observed = a.observed_tags(&task);
@@ -411,13 +472,23 @@ fn add_wins_over_a_concurrent_remove() {
 fn unsigned_wrongly_signed_foreign_and_equivocating_ops_are_refused() {
     let (alice, mallory) = (&ids()[0], &ids()[2]);
     let mut a = TaskList::new(list_id(), Default::default());
-    let op = a.make_op(alice, OpKind::Add { title: "x".into(), description: String::new() }, 0);
+    let op = a.make_op(
+        alice,
+        OpKind::Add {
+            title: "x".into(),
+            description: String::new(),
+        },
+        0,
+    );
     // Unsigned.
     let mut unsigned = op.clone();
     unsigned.signature = x0x_proto::identity::Signature([0; 64]);
     assert_eq!(a.apply(unsigned), Err(OpError::BadSignature));
     // Signed by someone else than its author.
-    let forged = SignedOp { signature: mallory.sign(&op.op.signing_bytes()), ..op.clone() };
+    let forged = SignedOp {
+        signature: mallory.sign(&op.op.signing_bytes()),
+        ..op.clone()
+    };
     assert_eq!(a.apply(forged), Err(OpError::BadSignature));
     // Tampered after signing.
     let mut tampered = op.clone();
@@ -427,15 +498,28 @@ fn unsigned_wrongly_signed_foreign_and_equivocating_ops_are_refused() {
     let mut other = TaskList::new(TopicId::new("other"), Default::default());
     assert_eq!(other.apply(op.clone()), Err(OpError::WrongList));
     // Oversized text.
-    let big = a.make_op(alice, OpKind::Add { title: "x".repeat(2000), description: String::new() }, 0);
+    let big = a.make_op(
+        alice,
+        OpKind::Add {
+            title: "x".repeat(2000),
+            description: String::new(),
+        },
+        0,
+    );
     assert!(matches!(a.apply(big), Err(OpError::Invalid(_))));
     // Genuine: applied once, then a duplicate.
     assert_eq!(a.apply(op.clone()), Ok(true));
     assert_eq!(a.apply(op.clone()), Ok(false));
     // The author signs a different op under the same id: refused.
     let mut equivocation = op.op.clone();
-    equivocation.kind = OpKind::Add { title: "y".into(), description: String::new() };
-    assert_eq!(a.apply(SignedOp::sign(alice, equivocation)), Err(OpError::Conflict));
+    equivocation.kind = OpKind::Add {
+        title: "y".into(),
+        description: String::new(),
+    };
+    assert_eq!(
+        a.apply(SignedOp::sign(alice, equivocation)),
+        Err(OpError::Conflict)
+    );
     assert_eq!(a.conflicts(), 1);
     assert_eq!(a.len(), 1);
 }
@@ -445,16 +529,32 @@ fn version_vectors_count_contiguous_prefixes_and_deltas_are_exact() {
     let alice = &ids()[0];
     let mut src = TaskList::new(list_id(), memo_check());
     let ops: Vec<SignedOp> = (0..10)
-        .map(|i| src.apply_own(alice, OpKind::Add { title: format!("{i}"), description: String::new() }, 0))
+        .map(|i| {
+            src.apply_own(
+                alice,
+                OpKind::Add {
+                    title: format!("{i}"),
+                    description: String::new(),
+                },
+                0,
+            )
+        })
         .collect();
     let mut dst = TaskList::new(list_id(), memo_check());
     for i in [0, 1, 2, 5, 6] {
         dst.apply(ops[i].clone()).unwrap();
     }
     assert_eq!(dst.version_vector().get(&alice.peer_id()), 3);
-    let missing: Vec<u64> = src.ops_missing(dst.version_vector()).map(|o| o.op.id.counter).collect();
+    let missing: Vec<u64> = src
+        .ops_missing(dst.version_vector())
+        .map(|o| o.op.id.counter)
+        .collect();
     assert_eq!(missing, (4..=10).collect::<Vec<_>>());
-    for op in src.ops_missing(dst.version_vector()).cloned().collect::<Vec<_>>() {
+    for op in src
+        .ops_missing(dst.version_vector())
+        .cloned()
+        .collect::<Vec<_>>()
+    {
         dst.apply(op).unwrap();
     }
     assert_eq!(dst, src);
@@ -463,7 +563,10 @@ fn version_vectors_count_contiguous_prefixes_and_deltas_are_exact() {
 
 #[test]
 fn task_ids_print_and_parse() {
-    let id = OpId { author: peer(0), counter: 42 };
+    let id = OpId {
+        author: peer(0),
+        counter: 42,
+    };
     let s = id.to_string();
     assert_eq!(s.parse::<OpId>().unwrap(), id);
     assert!("nope".parse::<OpId>().is_err());
@@ -490,12 +593,33 @@ fn local_edits_are_checked_batched_and_published() {
     m.open(l, t0);
     let t = m.add(&l, "write tests", "", t0).unwrap();
     m.claim(&l, t, t0).unwrap();
-    assert!(matches!(m.claim(&l, t, t0), Err(TaskError::AlreadyTaken { status: Status::Claimed, .. })));
+    assert!(matches!(
+        m.claim(&l, t, t0),
+        Err(TaskError::AlreadyTaken {
+            status: Status::Claimed,
+            ..
+        })
+    ));
     m.done(&l, t, t0).unwrap();
-    assert!(matches!(m.done(&l, t, t0), Err(TaskError::AlreadyTaken { status: Status::Done, .. })));
-    assert!(matches!(m.claim(&l, t, t0), Err(TaskError::AlreadyTaken { status: Status::Done, .. })));
+    assert!(matches!(
+        m.done(&l, t, t0),
+        Err(TaskError::AlreadyTaken {
+            status: Status::Done,
+            ..
+        })
+    ));
+    assert!(matches!(
+        m.claim(&l, t, t0),
+        Err(TaskError::AlreadyTaken {
+            status: Status::Done,
+            ..
+        })
+    ));
     let view = &m.tasks(&l)[0];
-    assert_eq!((view.status, view.claimed_by), (Status::Done, Some(ids()[0].peer_id())));
+    assert_eq!(
+        (view.status, view.claimed_by),
+        (Status::Done, Some(ids()[0].peer_id()))
+    );
     drain(&mut m);
     m.handle_timer(t0 + Duration::from_millis(60));
     let published: Vec<_> = drain(&mut m)
@@ -542,7 +666,11 @@ fn anti_entropy_sends_only_the_missing_operations_both_ways() {
     loop {
         let mut moved = false;
         for (from, to) in [(0, 1), (1, 0)] {
-            let (src, dst) = if from == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            let (src, dst) = if from == 0 {
+                (&mut a, &mut b)
+            } else {
+                (&mut b, &mut a)
+            };
             let sender = ids()[from].peer_id();
             for o in drain(src) {
                 if let Output::Send { message, .. } = o {
@@ -573,7 +701,14 @@ fn store_round_trips_atomically_and_reverifies_on_load() {
     assert!(store.load(l, memo_check()).unwrap().is_none());
     let mut r = TaskList::new(l, memo_check());
     for i in 0..30 {
-        r.apply_own(&ids()[i % 3], OpKind::Add { title: format!("{i}"), description: String::new() }, 0);
+        r.apply_own(
+            &ids()[i % 3],
+            OpKind::Add {
+                title: format!("{i}"),
+                description: String::new(),
+            },
+            0,
+        );
     }
     let t = r.tasks()[0].id;
     r.apply_own(&ids()[1], OpKind::Claim { task: t }, 0);
@@ -588,7 +723,13 @@ fn store_round_trips_atomically_and_reverifies_on_load() {
     assert_eq!(store.lists().unwrap(), vec![l]);
     let (back, report) = store.load(l, memo_check()).unwrap().unwrap();
     assert_eq!(back, r);
-    assert_eq!(report, LoadReport { ops: 31, rejected: 0 });
+    assert_eq!(
+        report,
+        LoadReport {
+            ops: 31,
+            rejected: 0
+        }
+    );
     // A restarted agent continues its counters where it left off.
     let next = back.make_op(&ids()[1], OpKind::Done { task: t }, 0);
     assert_eq!(next.op.id.counter, 12);
@@ -604,9 +745,15 @@ fn store_round_trips_atomically_and_reverifies_on_load() {
     // A wrong version and garbage are errors, not panics.
     bytes[8] = 99;
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(store.load(l, memo_check()), Err(StoreError::Version { version: 99, .. })));
+    assert!(matches!(
+        store.load(l, memo_check()),
+        Err(StoreError::Version { version: 99, .. })
+    ));
     std::fs::write(&path, b"X0XTASKS\x01short").unwrap();
-    assert!(matches!(store.load(l, memo_check()), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.load(l, memo_check()),
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 proptest! {

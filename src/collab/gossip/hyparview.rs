@@ -44,12 +44,7 @@ impl Topic {
         }
         self.add_active(io, from);
         let ttl = io.config.active_walk;
-        let others: Vec<PeerId> = self
-            .active
-            .iter()
-            .copied()
-            .filter(|p| *p != from)
-            .collect();
+        let others: Vec<PeerId> = self.active.iter().copied().filter(|p| *p != from).collect();
         for p in others {
             io.send(p, GossipBody::ForwardJoin { peer: from, ttl });
         }
@@ -251,10 +246,20 @@ impl Topic {
         };
         if self.active.is_empty() {
             self.add_active(io, p);
-            io.send(p, GossipBody::Neighbor { high_priority: true });
+            io.send(
+                p,
+                GossipBody::Neighbor {
+                    high_priority: true,
+                },
+            );
         } else {
             self.pending.insert(p, io.now + io.config.neighbor_timeout);
-            io.send(p, GossipBody::Neighbor { high_priority: false });
+            io.send(
+                p,
+                GossipBody::Neighbor {
+                    high_priority: false,
+                },
+            );
         }
     }
 

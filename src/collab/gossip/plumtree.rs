@@ -51,15 +51,15 @@ impl Topic {
 
     fn root_mut(&mut self, io: &mut Io<'_>, root: PeerId) -> &mut Root {
         self.tick += 1;
-        if !self.roots.contains_key(&root) && self.roots.len() >= io.config.max_roots {
-            if let Some(old) = self
+        if !self.roots.contains_key(&root)
+            && self.roots.len() >= io.config.max_roots
+            && let Some(old) = self
                 .roots
                 .iter()
                 .min_by_key(|(_, r)| r.last_used)
                 .map(|(k, _)| *k)
-            {
-                self.roots.remove(&old);
-            }
+        {
+            self.roots.remove(&old);
         }
         let tick = self.tick;
         let r = self.roots.entry(root).or_insert_with(|| Root {
@@ -71,11 +71,19 @@ impl Topic {
     }
 
     fn is_eager(&self, root: &PeerId, peer: &PeerId) -> bool {
-        self.active.contains(peer) && self.roots.get(root).is_none_or(|r| !r.pruned.contains(peer))
+        self.active.contains(peer)
+            && self
+                .roots
+                .get(root)
+                .is_none_or(|r| !r.pruned.contains(peer))
     }
 
     fn is_lazy(&self, root: &PeerId, peer: &PeerId) -> bool {
-        self.active.contains(peer) && self.roots.get(root).is_some_and(|r| r.pruned.contains(peer))
+        self.active.contains(peer)
+            && self
+                .roots
+                .get(root)
+                .is_some_and(|r| r.pruned.contains(peer))
     }
 
     fn set_eager(&mut self, io: &mut Io<'_>, root: PeerId, peer: PeerId) {
@@ -192,7 +200,12 @@ impl Topic {
         }
     }
 
-    pub(super) fn on_ihave(&mut self, io: &mut Io<'_>, from: PeerId, entries: Vec<(MessageId, u16)>) {
+    pub(super) fn on_ihave(
+        &mut self,
+        io: &mut Io<'_>,
+        from: PeerId,
+        entries: Vec<(MessageId, u16)>,
+    ) {
         for (id, round) in entries.into_iter().take(MAX_IHAVE) {
             if self.seen.contains(&id) {
                 continue;
@@ -230,7 +243,14 @@ impl Topic {
                 continue;
             }
             io.stats.grafts_sent += 1;
-            io.send(p, GossipBody::Graft { id, round, send: true });
+            io.send(
+                p,
+                GossipBody::Graft {
+                    id,
+                    round,
+                    send: true,
+                },
+            );
             break;
         }
         if q.is_empty() {
@@ -241,7 +261,14 @@ impl Topic {
         }
     }
 
-    pub(super) fn on_graft(&mut self, io: &mut Io<'_>, from: PeerId, id: MessageId, round: u16, send: bool) {
+    pub(super) fn on_graft(
+        &mut self,
+        io: &mut Io<'_>,
+        from: PeerId,
+        id: MessageId,
+        round: u16,
+        send: bool,
+    ) {
         let Some(envelope) = self.cache.get(&id).map(|c| c.envelope.clone()) else {
             io.stats.graft_misses += 1;
             return;

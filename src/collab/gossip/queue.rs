@@ -195,10 +195,13 @@ mod tests {
             match m.body {
                 GossipBody::IHave { entries } => {
                     assert_eq!(entries.len(), 1);
-                    assert_eq!(entries[0].0, match gossip(ihaves).body {
-                        GossipBody::Gossip { envelope, .. } => envelope.id(),
-                        _ => unreachable!(),
-                    });
+                    assert_eq!(
+                        entries[0].0,
+                        match gossip(ihaves).body {
+                            GossipBody::Gossip { envelope, .. } => envelope.id(),
+                            _ => unreachable!(),
+                        }
+                    );
                     ihaves += 1;
                 }
                 GossipBody::Gossip { envelope, .. } => payload_seqs.push(envelope.seq),

@@ -50,9 +50,9 @@ impl SimNode for GNode {
             match o {
                 Output::Send { to, message } => out.push(SimAction::Send { to, msg: message }),
                 Output::SetTimer { at } => out.push(SimAction::Timer(at)),
-                Output::Event(GossipEvent::Received {
-                    id, envelope, ..
-                }) => self.received.push((id, envelope.author, _now)),
+                Output::Event(GossipEvent::Received { id, envelope, .. }) => {
+                    self.received.push((id, envelope.author, _now))
+                }
                 _ => {}
             }
         }
@@ -131,7 +131,10 @@ fn publish_needs_a_joined_topic_and_a_bounded_payload() {
         g.publish(topic(), Channel::App, big, start),
         Err(PublishError::TooLarge(_))
     ));
-    assert!(g.publish(topic(), Channel::App, Bytes::new(), start).is_ok());
+    assert!(
+        g.publish(topic(), Channel::App, Bytes::new(), start)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -169,8 +172,22 @@ fn forged_and_replayed_gossip_is_dropped_counted_and_not_forwarded() {
     let good = Envelope::sign(&mallory, topic(), Channel::App, 4, T0_MS, Bytes::new());
     // A replay: same seq, new signature bytes? No: a different payload under
     // an already used sequence number (a fresh id, so only the window catches it).
-    let replay = Envelope::sign(&mallory, topic(), Channel::App, 4, T0_MS, Bytes::from_static(b"again"));
-    let other_topic = Envelope::sign(&mallory, TopicId::new("x"), Channel::App, 5, T0_MS, Bytes::new());
+    let replay = Envelope::sign(
+        &mallory,
+        topic(),
+        Channel::App,
+        4,
+        T0_MS,
+        Bytes::from_static(b"again"),
+    );
+    let other_topic = Envelope::sign(
+        &mallory,
+        TopicId::new("x"),
+        Channel::App,
+        5,
+        T0_MS,
+        Bytes::new(),
+    );
     for (round, env) in [forged, unsigned, oversize, good, replay, other_topic]
         .into_iter()
         .enumerate()
@@ -202,7 +219,11 @@ fn forged_and_replayed_gossip_is_dropped_counted_and_not_forwarded() {
         assert_eq!(node.received.len(), 1);
     }
     for node in &sim.nodes[1..] {
-        assert_eq!(node.g.stats().envelopes.rejected(), 0, "nothing bad was forwarded");
+        assert_eq!(
+            node.g.stats().envelopes.rejected(),
+            0,
+            "nothing bad was forwarded"
+        );
     }
 }
 
@@ -279,7 +300,9 @@ fn run_broadcast(
         let k = tick / 10;
         let payload = Bytes::from(format!("msg {k} from {p}").into_bytes());
         let id = sim
-            .with_node(p, |node, now| node.g.publish(topic(), Channel::App, payload, now))
+            .with_node(p, |node, now| {
+                node.g.publish(topic(), Channel::App, payload, now)
+            })
             .unwrap();
         published.insert(id, (p, sim.now()));
     }
@@ -349,7 +372,11 @@ fn sim_100_agents_every_message_delivered_exactly_once() {
     let rmr = run.payload_deliveries.get() as f64 / needed - 1.0;
     let mut lat = latencies(&sim, &run, since);
     assert_eq!(lat.len(), 3000 * 99);
-    report("gossip 100 agents x 10 publishers x 10 msg/s x 30 s", &mut lat, Some(rmr));
+    report(
+        "gossip 100 agents x 10 publishers x 10 msg/s x 30 s",
+        &mut lat,
+        Some(rmr),
+    );
     let s: Vec<GossipStats> = sim.nodes.iter().map(|n| n.g.stats()).collect();
     let sum = |f: fn(&GossipStats) -> u64| s.iter().map(f).sum::<u64>();
     println!(
