@@ -161,6 +161,9 @@ pub enum FoafMessage {
         /// `body.sender`'s signature.
         signature: Signature,
     },
+    /// The sender's own record, sent to each new neighbour (and again when
+    /// its addresses change); kept only if signed by the sender itself.
+    Record(SignedAgentRecord),
 }
 
 /// The result of a [`Foaf::find`].
@@ -358,13 +361,17 @@ impl Foaf {
         }
     }
 
-    /// Sign this agent's own record (given when it is the target).
+    /// Sign this agent's own record (given when it is the target, and sent
+    /// to every neighbour).
     pub fn set_own_addrs(&mut self, addrs: Vec<SocketAddr>, now: Instant) {
-        self.own = Some(SignedAgentRecord::sign(
-            &self.identity,
-            addrs,
-            self.clock.unix_ms(now),
-        ));
+        let own = SignedAgentRecord::sign(&self.identity, addrs, self.clock.unix_ms(now));
+        for &peer in &self.neighbors {
+            self.out.push_back(Output::Send {
+                to: peer,
+                message: FoafMessage::Record(own.clone()),
+            });
+        }
+        self.own = Some(own);
     }
 
     /// This agent's signed record, if set.
@@ -372,12 +379,20 @@ impl Foaf {
         self.own.as_ref()
     }
 
-    /// `peer` is now a neighbour (a direct connection), with its record if known.
+    /// `peer` is now a neighbour (a direct connection), with its record if
+    /// known. This agent's own record (if set) is sent to it.
     pub fn add_neighbor(&mut self, peer: PeerId, record: Option<SignedAgentRecord>) {
         if peer == self.me {
             return;
         }
-        self.neighbors.insert(peer);
+        if self.neighbors.insert(peer)
+            && let Some(own) = self.own.clone()
+        {
+            self.out.push_back(Output::Send {
+                to: peer,
+                message: FoafMessage::Record(own),
+            });
+        }
         if let Some(r) = record {
             self.learn_record(r);
         }
@@ -630,6 +645,13 @@ impl Foaf {
                 }
                 self.on_reply(from, body, now_ms);
             }
+            FoafMessage::Record(record) => {
+                if record.body.peer != from || !self.neighbors.contains(&from) {
+                    self.stats.misdirected += 1;
+                    return;
+                }
+                self.learn_record(record);
+            }
         }
     }
 
@@ -840,19 +862,20 @@ mod tests {
                 start,
             );
         }
-        let records: Vec<SignedAgentRecord> = nodes
-            .iter()
-            .map(|n| n.f.own_record().unwrap().clone())
-            .collect();
+        let ids: Vec<PeerId> = nodes.iter().map(|n| n.f.me).collect();
         for &(a, b) in edges {
-            nodes[a]
-                .f
-                .add_neighbor(records[b].body.peer, Some(records[b].clone()));
-            nodes[b]
-                .f
-                .add_neighbor(records[a].body.peer, Some(records[a].clone()));
+            // Records are exchanged on the wire (`FoafMessage::Record`).
+            nodes[a].f.add_neighbor(ids[b], None);
+            nodes[b].f.add_neighbor(ids[a], None);
         }
         let mut sim = Sim::new(nodes, seed, start);
+        for i in 0..n {
+            sim.flush(i);
+        }
+        sim.run_for(Duration::from_secs(1));
+        for node in &sim.nodes {
+            assert_eq!(node.f.records.len(), node.f.neighbors.len());
+        }
         let log: Log = Rc::default();
         let l = log.clone();
         sim.observer = Some(Box::new(move |from, to, m: &FoafMessage, _| {

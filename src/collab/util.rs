@@ -167,7 +167,6 @@ impl<T> Timers<T> {
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.queue.retain(|_, t| keep(t));
     }
-
 }
 
 /// A set remembering each key for `ttl`, holding at most `capacity` keys

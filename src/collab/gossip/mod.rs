@@ -549,7 +549,11 @@ impl Gossip {
                     let wall = self.clock.unix_ms(now);
                     // A rejected envelope is counted by the verifier and
                     // goes no further.
-                    if self.verifier.verify_on(&envelope, Some(topic), wall).is_ok() {
+                    if self
+                        .verifier
+                        .verify_on(&envelope, Some(topic), wall)
+                        .is_ok()
+                    {
                         io.stats.delivered += 1;
                         io.out.push_back(Output::Event(GossipEvent::Received {
                             topic,
