@@ -5,6 +5,7 @@ pub mod envelope;
 pub mod foaf;
 pub mod gossip;
 pub mod presence;
+pub mod service;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub(crate) mod util;
