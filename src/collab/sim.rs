@@ -193,12 +193,14 @@ impl<N: SimNode> Sim<N> {
     /// it learn after `conn_timeout`.
     pub fn crash(&mut self, i: usize) {
         self.alive[i] = false;
-        let peers: Vec<usize> = self
+        let mut peers: Vec<usize> = self
             .connected
             .iter()
             .filter(|(a, b)| *b == i && *a != i)
             .map(|(a, _)| *a)
             .collect();
+        // Hash-set order is random per process: sort to stay deterministic.
+        peers.sort_unstable();
         for a in peers {
             if self.down_pending.insert((a, i)) {
                 let at = self.now + self.conn_timeout;
@@ -209,12 +211,13 @@ impl<N: SimNode> Sim<N> {
 
     /// Split the agents by `side` (agents on different sides cannot talk).
     pub fn partition(&mut self, side: Vec<u8>) {
-        let cross: Vec<(usize, usize)> = self
+        let mut cross: Vec<(usize, usize)> = self
             .connected
             .iter()
             .copied()
             .filter(|(a, b)| side[*a] != side[*b])
             .collect();
+        cross.sort_unstable();
         self.side = Some(side);
         for (a, b) in cross {
             if self.down_pending.insert((a, b)) {
