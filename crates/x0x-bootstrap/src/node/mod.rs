@@ -227,6 +227,7 @@ impl Shared {
                 self.update_directory(|d| d.unregister(&peer));
             }
             PeerKind::Node => self.directory().drop_peer(&peer),
+            PeerKind::Probe => {}
         }
         self.update_gauges();
     }
