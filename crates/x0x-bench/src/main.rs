@@ -863,6 +863,8 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         ctx.plan.pings.to_string(),
         "--reps".into(),
         ctx.plan.transfer_reps.to_string(),
+        "--tcp-relay".into(),
+        node.tcp.to_string(),
     ];
     let mut lg = LoadGen::spawn(&args)?;
     let lg_pid = lg.pid()?;
@@ -873,7 +875,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     let mut relayed_datagrams = None;
     let mut drops = 0.0;
     let mut udp_drops = 0.0;
-    for path in ["direct", "relayed"] {
+    for path in ["direct", "relayed", "tcp_relayed"] {
         lg.wait_event(&format!("{path}_ready"), limit).await?;
         let perf_node = Perf::start(ctx, pid, &format!("{path}-node")).await?;
         let perf_agents = Perf::start(ctx, lg_pid, &format!("{path}-agents")).await?;
@@ -902,9 +904,10 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     lg.finish(Duration::from_secs(20)).await?;
     node.check_alive()?;
     let num = |k: &str| r[k].as_f64().ok_or_else(|| format!("transfer: no {k}"));
-    let (direct, relayed, base) = (
+    let (direct, relayed, tcp_relayed, base) = (
         num("direct_mbit_s")?,
         num("relayed_mbit_s")?,
+        num("tcp_relayed_mbit_s")?,
         num("baseline_mbit_s")?,
     );
     let (direct_rtt, relayed_rtt) = (num("direct_rtt_ms")?, num("relayed_rtt_ms")?);
@@ -923,6 +926,12 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         relayed,
         "Mbit/s",
         format!("same agents, connect_with(PathPolicy::RelayOnly), through the node's UDP data plane; {size}"),
+    );
+    figs.add(
+        "tcp_relay_mbit_s",
+        tcp_relayed,
+        "Mbit/s",
+        format!("relayed again, the sender reaching the node over its TCP relay (TLS 1.3 + WebSocket) only; {size}"),
     );
     figs.add(
         "relay_ratio",
@@ -980,6 +989,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     for ((key, what), (node_s, lg_s, _)) in [
         ("direct_cpu_ms_per_mib", "direct"),
         ("relay_cpu_ms_per_mib", "relayed"),
+        ("tcp_relay_cpu_ms_per_mib", "relayed over the TCP relay"),
     ]
     .into_iter()
     .zip(cpu)
@@ -995,7 +1005,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
             ),
         );
     }
-    for path in ["direct", "relayed"] {
+    for path in ["direct", "relayed", "tcp_relayed"] {
         eprintln!(
             "{path} connection path stats: {}",
             r[format!("{path}_path")]
