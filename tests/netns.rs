@@ -19,3 +19,5 @@ mod mesh;
 mod nat;
 #[path = "netns/nat_model.rs"]
 mod nat_model;
+#[path = "netns/paths.rs"]
+mod paths;

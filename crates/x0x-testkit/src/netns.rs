@@ -62,6 +62,17 @@ pub enum Nat {
     RandomPort,
 }
 
+/// One delay/loss rule of [`Lab::netem`]: packets from `src` to `dst`
+/// (IPv4 prefixes like `198.18.3.0/24`) wait `delay_ms` and are dropped
+/// with probability `loss_pct` %.
+#[derive(Debug, Clone)]
+pub struct NetemRule {
+    pub src: String,
+    pub dst: String,
+    pub delay_ms: f64,
+    pub loss_pct: f64,
+}
+
 /// A namespace with one address.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -171,6 +182,8 @@ pub struct Lab {
     next_link: u8,
     /// The internet router's namespace.
     pub wan: String,
+    /// The running `x0x-netem`, if any (index in `procs`).
+    netem_proc: Option<usize>,
 }
 
 impl Lab {
@@ -202,6 +215,7 @@ impl Lab {
             procs: Vec::new(),
             next_link: 1,
             wan: String::new(),
+            netem_proc: None,
         };
         let wan = lab.ns_name("wan");
         if let Err(why) = lab.try_add_namespace(&wan) {
@@ -435,6 +449,89 @@ impl Lab {
         ]);
         router.public = new;
         new
+    }
+
+    /// Drop every packet the wan would forward from `src` to `dst` (an
+    /// "internet" between two homes that blocks their direct UDP).
+    pub fn block(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let (s, d) = (src.to_string(), dst.to_string());
+        self.iptables(
+            &self.wan,
+            &["-I", "FORWARD", "1", "-s", &s, "-d", &d, "-j", "DROP"],
+        );
+    }
+
+    /// Lift a [`Self::block`].
+    pub fn unblock(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let (s, d) = (src.to_string(), dst.to_string());
+        self.iptables(
+            &self.wan,
+            &["-D", "FORWARD", "-s", &s, "-d", &d, "-j", "DROP"],
+        );
+    }
+
+    /// Delay (and drop a share of) packets the wan forwards, per pair of
+    /// address prefixes: the kernel here has no `sch_netem`, so a
+    /// user-space NFQUEUE daemon (`x0x-netem`, in this crate) holds each
+    /// packet's verdict for the delay of the first matching rule. Calling
+    /// it again replaces the rules.
+    pub fn netem(&mut self, rules: &[NetemRule]) {
+        if let Some(i) = self.netem_proc.take() {
+            self.procs[i].kill();
+        } else {
+            let wan = self.wan.clone();
+            self.iptables(
+                &wan,
+                &[
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "FORWARD",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "7",
+                    "--queue-bypass",
+                ],
+            );
+        }
+        let mut args = vec!["--queue".to_string(), "7".to_string()];
+        for r in rules {
+            args.push("--rule".into());
+            args.push(format!("{},{},{},{}", r.src, r.dst, r.delay_ms, r.loss_pct));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let bin = crate::bin("x0x-netem").display().to_string();
+        let wan = self.wan.clone();
+        let i = self.spawn(&wan, "netem", &bin, &args, &[]);
+        assert!(
+            self.procs[i]
+                .wait_line(Duration::from_secs(10), |l| l == "ready")
+                .is_some(),
+            "{}: x0x-netem did not start: {}",
+            self.test,
+            self.procs[i].log_tail(10)
+        );
+        self.netem_proc = Some(i);
+    }
+
+    /// Delay every packet to and from `addr` by `ms` each way.
+    pub fn delay(&mut self, addr: Ipv4Addr, ms: u32) {
+        let me = format!("{addr}/32");
+        self.netem(&[
+            NetemRule {
+                src: me.clone(),
+                dst: "0.0.0.0/0".into(),
+                delay_ms: ms as f64,
+                loss_pct: 0.0,
+            },
+            NetemRule {
+                src: "0.0.0.0/0".into(),
+                dst: me,
+                delay_ms: ms as f64,
+                loss_pct: 0.0,
+            },
+        ]);
     }
 
     /// `ip ARGS`, which must succeed.

@@ -114,11 +114,17 @@ pub async fn run(args: ConnectArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn path_line(path: PathKind, via: Option<PeerId>, t: Duration, json: bool) {
+fn path_line(
+    path: PathKind,
+    via: Option<PeerId>,
+    addr: Option<std::net::SocketAddr>,
+    t: Duration,
+    json: bool,
+) {
     if json {
         println!(
             "{}",
-            json!({"event": "path", "path": path, "t_ms": ms(t), "via": via.map(|v| v.to_string()), "transport": "udp"})
+            json!({"event": "path", "path": path, "t_ms": ms(t), "via": via.map(|v| v.to_string()), "addr": addr, "transport": "udp"})
         );
     } else {
         eprintln!(
@@ -133,22 +139,34 @@ fn path_line(path: PathKind, via: Option<PeerId>, t: Duration, json: bool) {
 /// Print the first path, then every change, until aborted.
 async fn report_paths(pc: PeerConnection, started: Instant, json: bool, changes: Arc<AtomicU32>) {
     let mut events = pc.path_events();
-    let mut last = (pc.path(), pc.via());
-    path_line(last.0, last.1, started.elapsed(), json);
+    let selected_addr = |pc: &PeerConnection| {
+        pc.paths()
+            .into_iter()
+            .find(|p| p.selected && p.kind == PathKind::Direct)
+            .map(|p| p.addr)
+    };
+    let mut last = (pc.path(), pc.via(), selected_addr(&pc));
+    path_line(last.0, last.1, last.2, started.elapsed(), json);
     // A change between connect() returning and the subscription.
-    let now = (pc.path(), pc.via());
+    let now = (pc.path(), pc.via(), selected_addr(&pc));
     if now != last {
         changes.fetch_add(1, Ordering::Relaxed);
-        path_line(now.0, now.1, started.elapsed(), json);
+        path_line(now.0, now.1, now.2, started.elapsed(), json);
         last = now;
     }
     while let Some(e) = events.next().await {
-        if (e.path, e.via) == last {
+        if (e.path, e.via, e.addr) == last {
             continue;
         }
-        last = (e.path, e.via);
+        last = (e.path, e.via, e.addr);
         changes.fetch_add(1, Ordering::Relaxed);
-        path_line(e.path, e.via, e.at.saturating_duration_since(started), json);
+        path_line(
+            e.path,
+            e.via,
+            e.addr,
+            e.at.saturating_duration_since(started),
+            json,
+        );
     }
 }
 
