@@ -21,3 +21,5 @@ mod nat;
 mod nat_model;
 #[path = "netns/paths.rs"]
 mod paths;
+#[path = "netns/wan.rs"]
+mod wan;

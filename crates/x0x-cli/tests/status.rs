@@ -123,6 +123,7 @@ fn a_healthy_mesh_exits_0_with_every_documented_key() {
         assert_eq!(n["peers"], 5, "{n}");
         assert_eq!(n["expected_peers"], 5, "{n}");
         assert_eq!(n["status"], "healthy");
+        assert_eq!(n["agents"], 0, "the probe does not count itself: {n}");
         let mesh = n["mesh"].as_array().unwrap();
         assert_eq!(mesh.len(), 5, "{n}");
         for l in mesh {
