@@ -73,6 +73,9 @@ pub enum AgentError {
     /// The agent was closed.
     #[error("the agent is closed")]
     Closed,
+    /// A collaboration request (publish, task edit) failed.
+    #[error(transparent)]
+    Collab(#[from] crate::collab::service::ServiceError),
 }
 
 impl From<WireError> for AgentError {

@@ -41,9 +41,11 @@ pub mod path;
 mod socket;
 
 pub use agent::{
-    Agent, AgentBuilder, AgentStats, BootstrapLink, BootstrapStatus, ConnectOptions, JoinReport,
-    NodeState, PathEvents, PeerConnection,
+    Agent, AgentBuilder, AgentStats, BootstrapLink, BootstrapStatus, CollabStats, ConnectOptions,
+    JoinReport, NodeState, PathEvents, PeerConnection,
 };
+pub use collab::envelope::MessageId;
+pub use collab::service::{Message, Subscription, TaskListHandle};
 pub use error::{AgentError, NodeFailure};
 pub use network::{DEFAULT_BOOTSTRAP_PEERS, NetworkConfig};
 pub use path::{PathEvent, PathInfo, PathKind, PathPolicy, PathReason, Transport};

@@ -144,7 +144,8 @@ pub(super) async fn connect(
             return Err(AgentError::Unreachable { peer, reasons });
         }
     };
-    let pc = established(inner, peer, conn, started);
+    let pc = established(inner, peer, conn.clone(), started);
+    inner.collab.attach(peer, conn);
     let counter = match pc.path() {
         PathKind::Direct => &inner.connections_direct,
         PathKind::Relayed => &inner.connections_relayed,
@@ -203,9 +204,11 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
             }
             debug!(peer = %expected.short(), took = ?started.elapsed(), "accepted agent connection");
             let pc = established(&inner, expected, conn.clone(), started);
+            inner.collab.attach(expected, conn);
             if inner.accepted.try_send(pc).is_err() {
-                // Nobody is calling accept() fast enough: refuse rather than pile up.
-                conn.close(close::OVERLOADED, b"not accepting connections");
+                // Nobody is calling accept() fast enough: the application
+                // does not get this one (the collab service still uses it).
+                debug!(peer = %expected.short(), "accept queue full: connection not handed to accept()");
             }
         });
     }

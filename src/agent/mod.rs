@@ -13,6 +13,7 @@
 //! agent.accept()                           connections other agents opened to us
 //! ```
 
+mod collab;
 mod connect;
 mod links;
 mod paths;
@@ -36,6 +37,7 @@ use crate::error::{AgentError, NodeFailure};
 use crate::network::NetworkConfig;
 use crate::socket::MuxSocket;
 
+pub use collab::CollabStats;
 pub use connect::ConnectOptions;
 pub use peer::{PathEvents, PeerConnection};
 
@@ -257,7 +259,9 @@ impl AgentBuilder {
             cancel: cancel.clone(),
             connections_direct: AtomicU64::new(0),
             connections_relayed: AtomicU64::new(0),
+            collab: collab::CollabNet::new(),
         });
+        inner.collab.start(&inner, identity.clone());
         tokio::spawn(connect::accept_loop(inner.clone()));
         tokio::spawn(paths::maintain(inner.clone()));
         tokio::spawn(links::on_socket_signals(inner.clone(), signals));
@@ -316,6 +320,8 @@ pub(crate) struct Inner {
     pub leaving: CancellationToken,
     pub connections_direct: AtomicU64,
     pub connections_relayed: AtomicU64,
+    /// The collab service on this agent's connections.
+    pub collab: Arc<collab::CollabNet>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -387,7 +393,13 @@ impl Agent {
     /// Nodes not joined yet keep being tried in the background; see
     /// [`Agent::bootstrap_status`]. Fails only if no node was reached.
     pub async fn join_network(&self) -> Result<JoinReport, AgentError> {
-        links::join(&self.inner).await
+        let report = links::join(&self.inner).await?;
+        // The addresses FOAF lookups of this agent return.
+        self.inner
+            .collab
+            .collab()
+            .set_addrs(self.inner.socket.own_candidates());
+        Ok(report)
     }
 
     /// Bootstrap nodes connected now.

@@ -109,37 +109,26 @@
 //! # Bootstrap: the first members of a topic
 //!
 //! Gossip needs a few members to join through; bootstrap nodes are not
-//! brokers. Proposed addition to the directory (in `x0x-proto::wire`): an
-//! agent registers the topic ids it joined (`TopicJoin { topic }`,
-//! `TopicLeave`), and `TopicMembers { topic } → { peers: up to 8 random
-//! registered members }`. The agent calls [`gossip::Gossip::join`] with
-//! them, and again (a few fresh members) when the directory shows members
-//! the overlay does not know, e.g. every 30 s while the active view is
-//! short, or after a partition heals (the partition test does exactly
-//! that).
+//! brokers. The node directory (`x0x-proto::wire`) has `TopicJoin { topic }`
+//! and `TopicLeave` (the node registers the requesting connection's own
+//! identity, nobody else) and `TopicMembers { topic }` →
+//! `TopicMembersList { peers }` (up to 8 random members registered at that
+//! node, never the asker), bounded by the node's `topics_per_agent`,
+//! `members_per_topic` and `topics` limits. The agent asks every linked
+//! node and joins through the union; see `src/agent/collab.rs` for the
+//! refresh rules.
 //!
-//! # Planned `Agent` API (the lead wires it onto [`service::Collab`] or the machines)
+//! # The `Agent` API
 //!
-//! ```text
-//! impl Agent {
-//!     /// Join `topic` (directory lookup + gossip join + presence) and stream its messages.
-//!     pub async fn subscribe(&self, topic: &str) -> Result<Subscription, AgentError>;
-//!     /// Publish `bytes` on `topic` (joins first if needed); returns the message id.
-//!     pub async fn publish(&self, topic: &str, bytes: Bytes) -> Result<MessageId, AgentError>;
-//!     /// Agents online in `topic` now.
-//!     pub async fn presence(&self, topic: &str) -> Vec<PeerId>;
-//!     /// Online/Offline changes in every joined topic and among direct peers.
-//!     pub fn presence_events(&self) -> broadcast::Receiver<PresenceEvent>;
-//!     /// Friend-of-a-friend lookup of `peer`'s self-signed record.
-//!     pub async fn find(&self, peer: PeerId) -> Result<Option<SignedAgentRecord>, AgentError>;
-//!     /// The replicated task list of `topic` (persisted under the state directory if set).
-//!     pub async fn task_list(&self, topic: &str) -> Result<TaskListHandle, AgentError>;
-//! }
-//! // Subscription: a stream of service::Message { author, seq, timestamp_ms, received_ms, payload, .. };
-//! //   the CLI's latency_ms is received_ms - timestamp_ms.
-//! // TaskListHandle: add(title) -> TaskId, claim(id), done(id), remove(id), list() -> Vec<TaskView>;
-//! //   TaskId prints as "<author hex>-<counter>" and parses back (FromStr).
-//! ```
+//! [`crate::Agent::subscribe`], [`crate::Agent::publish`],
+//! [`crate::Agent::presence`], [`crate::Agent::presence_events`],
+//! [`crate::Agent::find`], [`crate::Agent::task_list`] drive a
+//! [`service::Collab`] over the agent's own QUIC connections (direct or
+//! relayed); unidirectional streams tagged
+//! `x0x_proto::wire::stream_tag::COLLAB_CONTROL` / `COLLAB_BULK` carry the
+//! frames. [`service::Message::received_ms`] minus
+//! [`service::Message::timestamp_ms`] is the CLI's `latency_ms`;
+//! [`crdt::TaskId`] prints as `<author hex>-<counter>` and parses back.
 //!
 //! **Persistence.** On [`crdt::TaskEvent::Changed`], save the list with
 //! [`crdt::TaskStore::save`] (debounced, e.g. at most once a second) into

@@ -37,11 +37,16 @@ use super::presence::{Presence, PresenceConfig, PresenceEvent};
 use super::util::WallClock;
 use super::wire::{self, CollabMessage};
 
+/// A refresh joins through the directory's members below this many neighbours.
+pub const REFRESH_MIN_ACTIVE: usize = 3;
+
 /// Carries frames to peers. Implemented by the transport (QUIC streams in
 /// the agent, channels in tests).
 pub trait Link: Send + Sync + 'static {
     /// Queue one frame (length prefix included) for `to`. Must not block.
-    fn send(&self, to: PeerId, frame: Bytes);
+    /// `bulk` frames ([`CollabMessage::is_bulk`]) go on the bulk stream,
+    /// the others on the control stream.
+    fn send(&self, to: PeerId, frame: Bytes, bulk: bool);
 }
 
 /// Configuration of every machine.
@@ -143,6 +148,9 @@ enum Cmd {
     ),
     Tasks(TopicId, oneshot::Sender<Vec<TaskView>>),
     Stats(oneshot::Sender<ServiceStats>),
+    Neighbors(TopicId, oneshot::Sender<Vec<PeerId>>),
+    Refresh(TopicId, Vec<PeerId>, bool),
+    Shutdown,
 }
 
 enum TaskCmd {
@@ -241,6 +249,15 @@ impl Collab {
         self.cmd(Cmd::Join(TopicId::new(topic), bootstrap));
     }
 
+    /// Members of `topic` the directory named again: joins through them
+    /// only if the active view is short (fewer than [`REFRESH_MIN_ACTIVE`]
+    /// neighbours), or, with `mix`, through one member neither view knows
+    /// (a slow mixing that merges overlays a partition split, without
+    /// churning the active views at every refresh).
+    pub fn refresh(&self, topic: &str, members: Vec<PeerId>, mix: bool) {
+        self.cmd(Cmd::Refresh(TopicId::new(topic), members, mix));
+    }
+
     /// Messages published on `topic` by others (joins it if needed).
     pub fn subscribe(&self, topic: &str) -> Subscription {
         let (tx, rx) = mpsc::channel(self.capacity);
@@ -283,6 +300,17 @@ impl Collab {
     /// The counters.
     pub async fn stats(&self) -> Result<ServiceStats, ServiceError> {
         self.ask(Cmd::Stats).await
+    }
+
+    /// The active gossip neighbours of `topic`.
+    pub async fn neighbors(&self, topic: &str) -> Result<Vec<PeerId>, ServiceError> {
+        let t = TopicId::new(topic);
+        self.ask(|r| Cmd::Neighbors(t, r)).await
+    }
+
+    /// Stop the service task (every handle then answers `Stopped`).
+    pub fn shutdown(&self) {
+        self.cmd(Cmd::Shutdown);
     }
 }
 
@@ -362,8 +390,8 @@ impl State {
             };
             tokio::select! {
                 cmd = rx.recv() => match cmd {
+                    Some(Cmd::Shutdown) | None => return,
                     Some(cmd) => self.command(cmd, Instant::now()),
-                    None => return,
                 },
                 () = sleep => {
                     let now = Instant::now();
@@ -446,12 +474,30 @@ impl State {
                 s.gossip = self.gossip.stats();
                 let _ = reply.send(s);
             }
+            Cmd::Neighbors(topic, reply) => {
+                let _ = reply.send(self.gossip.neighbors(&topic));
+            }
+            Cmd::Refresh(topic, members, mix) => {
+                let active = self.gossip.neighbors(&topic);
+                if active.len() < REFRESH_MIN_ACTIVE {
+                    self.join(topic, &members, now);
+                } else if mix {
+                    let passive = self.gossip.passive(&topic);
+                    if let Some(p) = members
+                        .iter()
+                        .find(|p| !active.contains(p) && !passive.contains(p))
+                    {
+                        self.join(topic, &[*p], now);
+                    }
+                }
+            }
+            Cmd::Shutdown => {}
         }
     }
 
     fn send(&self, to: PeerId, msg: CollabMessage) {
         match wire::encode(&msg) {
-            Ok(frame) => self.link.send(to, Bytes::from(frame)),
+            Ok(frame) => self.link.send(to, Bytes::from(frame), msg.is_bulk()),
             Err(e) => tracing::warn!(peer = %to, error = %e, "collab message not sent"),
         }
     }
@@ -583,7 +629,7 @@ mod tests {
     }
 
     impl Link for MemLink {
-        fn send(&self, to: PeerId, frame: Bytes) {
+        fn send(&self, to: PeerId, frame: Bytes, _bulk: bool) {
             if let Some(c) = self.net.peers.lock().unwrap().get(&to) {
                 c.deliver(self.me, frame.slice(4..));
             }

@@ -273,6 +273,12 @@ pub struct Limits {
     pub relay_circuit_bytes: u64,
     /// Addresses one agent may ask the node to vouch for, per registration.
     pub vouches_per_agent: usize,
+    /// Collab topics one agent may be registered in at this node.
+    pub topics_per_agent: usize,
+    /// Agents registered in one topic at this node; later joins are refused.
+    pub members_per_topic: usize,
+    /// Topics with members at this node, in all.
+    pub topics: usize,
 }
 
 impl Default for Limits {
@@ -301,6 +307,9 @@ impl Default for Limits {
             relay_circuit_lifetime_s: 3_600,
             relay_circuit_bytes: 1 << 30,
             vouches_per_agent: 4,
+            topics_per_agent: 64,
+            members_per_topic: 4_096,
+            topics: 65_536,
         }
     }
 }
@@ -453,6 +462,9 @@ impl Config {
             ("relay_circuit_idle_ms", l.relay_circuit_idle_ms),
             ("relay_circuit_lifetime_s", l.relay_circuit_lifetime_s),
             ("relay_circuit_bytes", l.relay_circuit_bytes),
+            ("topics_per_agent", l.topics_per_agent as u64),
+            ("members_per_topic", l.members_per_topic as u64),
+            ("topics", l.topics as u64),
         ] {
             if value == 0 {
                 return Err(("limits", key, "must be at least 1".into()));

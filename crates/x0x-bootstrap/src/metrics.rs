@@ -88,6 +88,9 @@ pub struct Metrics {
     pub tcp_datagrams_in: Counter,
     pub tcp_datagrams_out: Counter,
     pub tcp_rejected: Labelled<Reason>,
+    pub topics: Gauge,
+    pub topic_memberships: Gauge,
+    pub topic_requests: Labelled<Outcome>,
 }
 
 fn count<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync>(
@@ -154,6 +157,9 @@ const REASONS: &[(&str, &[&str])] = &[
             "vouches_per_agent",
             "vouches_busy",
             "not_a_request",
+            "topics_per_agent",
+            "members_per_topic",
+            "topics",
         ],
     ),
     (
@@ -187,6 +193,7 @@ const OUTCOMES: &[(&str, &[&str])] = &[
     ("coordinator_lookups", &["found", "missing"]),
     ("coordinator_introductions", &["delivered", "undeliverable"]),
     ("vouches", &["sent", "proven", "bad_proof", "bad_address"]),
+    ("topic_requests", &["join", "leave", "members"]),
 ];
 
 impl Metrics {
@@ -212,6 +219,7 @@ impl Metrics {
             let f = match *family {
                 "coordinator_lookups" => &m.coordinator_lookups,
                 "coordinator_introductions" => &m.coordinator_introductions,
+                "topic_requests" => &m.topic_requests,
                 _ => &m.vouches,
             };
             for r in *results {
@@ -353,6 +361,9 @@ impl Metrics {
             "tcp_datagrams_in", "Datagrams received over TCP sessions", tcp_datagrams_in;
             "tcp_datagrams_out", "Datagrams sent over TCP sessions", tcp_datagrams_out;
             "tcp_rejected", "TCP relay sessions refused or datagrams dropped, by reason", tcp_rejected;
+            "topics", "Collab topics with members registered at this node", topics;
+            "topic_memberships", "Topic memberships of the agents registered at this node", topic_memberships;
+            "topic_requests", "Topic directory requests served, by kind", topic_requests;
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r)

@@ -28,6 +28,9 @@ pub struct TransportOptions {
     pub idle_timeout: Duration,
     /// Concurrent bidirectional streams the remote may open.
     pub max_bidi_streams: u32,
+    /// Concurrent unidirectional streams the remote may open (agents use
+    /// them for services such as collab, tagged by [`crate::wire::stream_tag`]).
+    pub max_uni_streams: u32,
     /// Flow-control limits: what one peer can make us buffer. `None`
     /// keeps quinn's defaults (sized for bulk transfer between agents).
     pub stream_receive_window: Option<u32>,
@@ -46,6 +49,7 @@ impl TransportOptions {
             keepalive,
             idle_timeout,
             max_bidi_streams: 8,
+            max_uni_streams: 0,
             stream_receive_window: Some(4 * 1024),
             receive_window: Some(16 * 1024),
             datagram_buffer: 0,
@@ -60,6 +64,7 @@ impl TransportOptions {
             keepalive,
             idle_timeout,
             max_bidi_streams: 4,
+            max_uni_streams: 0,
             stream_receive_window: Some(512 * 1024),
             receive_window: Some(2 * 1024 * 1024),
             datagram_buffer: 0,
@@ -73,6 +78,7 @@ impl TransportOptions {
             keepalive,
             idle_timeout,
             max_bidi_streams: 4,
+            max_uni_streams: 0,
             stream_receive_window: Some(64 * 1024),
             receive_window: Some(256 * 1024),
             datagram_buffer: 0,
@@ -87,6 +93,7 @@ impl TransportOptions {
             keepalive,
             idle_timeout,
             max_bidi_streams: 256,
+            max_uni_streams: 16,
             stream_receive_window: None,
             receive_window: None,
             datagram_buffer: 1024 * 1024,
@@ -103,7 +110,7 @@ impl TransportOptions {
                 .map_err(|e| TransportError::Setting(e.to_string()))?,
         ));
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams));
-        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams));
         if self.datagram_buffer == 0 {
             t.datagram_receive_buffer_size(None);
         } else {

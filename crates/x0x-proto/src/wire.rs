@@ -139,6 +139,9 @@ pub enum Refusal {
     BadAddress(String),
     #[error("not a request")]
     NotARequest,
+    /// A topic directory limit is reached (the `[limits]` key named).
+    #[error("a topic limit is reached: {0}")]
+    TopicLimit(String),
 }
 
 /// Why a node closed a relay circuit.
@@ -300,6 +303,44 @@ pub enum Message {
     Pong {
         observed: Option<SocketAddr>,
     },
+
+    // --- topic directory (agents working together), added in wire version 2 ---
+    /// Register the sender as a member of `topic` (a collab topic id: the
+    /// SHA-256 of the topic name) at this node. Only the sender itself can
+    /// be registered: the node uses the connection's authenticated id.
+    TopicJoin {
+        topic: [u8; 32],
+    },
+    /// The sender leaves `topic` at this node.
+    TopicLeave {
+        topic: [u8; 32],
+    },
+    /// Ask for a few members of `topic`.
+    TopicMembers {
+        topic: [u8; 32],
+    },
+    /// Reply to `TopicMembers`: up to [`MAX_TOPIC_MEMBERS`] random members
+    /// registered with this node (never the asker).
+    TopicMembersList {
+        topic: [u8; 32],
+        peers: Vec<PeerId>,
+    },
+    /// Reply to `TopicJoin` and `TopicLeave`.
+    TopicOk,
+}
+
+/// Most members one `TopicMembersList` names.
+pub const MAX_TOPIC_MEMBERS: usize = 8;
+
+/// First byte of a unidirectional stream between agents: which service it
+/// carries. Agents' unidirectional streams are reserved for these services
+/// (applications use bidirectional streams); a stream with another tag is
+/// stopped.
+pub mod stream_tag {
+    /// Collab control messages (membership, repairs, presence, FOAF, sync requests).
+    pub const COLLAB_CONTROL: u8 = 0xC0;
+    /// Collab bulk messages (gossip payloads, task operations).
+    pub const COLLAB_BULK: u8 = 0xC1;
 }
 
 /// The kind of a message: its postcard variant index (the first body byte
@@ -335,6 +376,9 @@ impl Kind {
             23 => small,                                      // Remove
             24 => 40 + INFO_MAX,                              // ForwardIntroduction
             25 | 26 => small,                                 // Ping, Pong
+            27..=29 => small,                                 // TopicJoin/Leave/Members
+            30 => 40 + 1 + MAX_TOPIC_MEMBERS * 32,            // TopicMembersList
+            31 => small,                                      // TopicOk
             _ => 0,
         }
         .min(MAX_FRAME_LEN)
@@ -374,6 +418,11 @@ impl Message {
             ForwardIntroduction { .. } => 24,
             Ping => 25,
             Pong { .. } => 26,
+            TopicJoin { .. } => 27,
+            TopicLeave { .. } => 28,
+            TopicMembers { .. } => 29,
+            TopicMembersList { .. } => 30,
+            TopicOk => 31,
         })
     }
 }
@@ -674,6 +723,14 @@ mod tests {
             Message::Pong {
                 observed: Some(addr),
             },
+            Message::TopicJoin { topic: [0xff; 32] },
+            Message::TopicLeave { topic: [0xff; 32] },
+            Message::TopicMembers { topic: [0xff; 32] },
+            Message::TopicMembersList {
+                topic: [0xff; 32],
+                peers: (0..MAX_TOPIC_MEMBERS as u8).map(id).collect(),
+            },
+            Message::TopicOk,
         ]
     }
 
@@ -708,6 +765,9 @@ mod tests {
                 | Message::Vouch { .. }
                 | Message::VouchProof { .. }
                 | Message::Ping
+                | Message::TopicJoin { .. }
+                | Message::TopicLeave { .. }
+                | Message::TopicMembers { .. }
                 | Message::Status => {
                     assert!(limit <= ReadLimits::REQUEST.max_len, "{msg:?}: {limit}")
                 }

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub relay: Arc<Relay>,
     pub admission: Arc<Admission>,
     pub vouches: vouch::Vouches,
+    /// Collab topic memberships of the agents registered here.
+    pub topics: Mutex<crate::roles::topics::Topics>,
     pub metrics: Metrics,
     pub started: Instant,
     pub shutdown: CancellationToken,
@@ -224,6 +226,7 @@ impl Shared {
                     );
                 }
                 self.vouches.forget(&peer);
+                lock(&self.topics).forget(&peer);
                 self.update_directory(|d| d.unregister(&peer));
             }
             PeerKind::Node => self.directory().drop_peer(&peer),
@@ -241,6 +244,12 @@ impl Shared {
         self.metrics.agents_connected.set(agents as i64);
         let known = self.directory().len();
         self.metrics.directory_agents.set(known as i64);
+        let (topics, memberships) = {
+            let t = lock(&self.topics);
+            (t.len(), t.memberships())
+        };
+        self.metrics.topics.set(topics as i64);
+        self.metrics.topic_memberships.set(memberships as i64);
     }
 
     /// Live figures for `/metrics`.
@@ -414,6 +423,7 @@ impl Node {
             relay,
             admission: Admission::new(&config.limits),
             vouches: vouch::Vouches::default(),
+            topics: Mutex::default(),
             registry: Registry::new(identity.peer_id()),
             endpoint,
             socket,

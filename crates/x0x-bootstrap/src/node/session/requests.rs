@@ -41,8 +41,15 @@ pub(super) async fn serve(
         let shared = shared.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(&shared, &conn, agent, send, recv).await {
-                e.close(&shared, &conn);
+            match answer(&shared, &conn, agent, send, recv).await {
+                Ok(()) => {}
+                // The agent gave up on this one request (reset its stream,
+                // e.g. a hedged introduction another node answered first):
+                // count it, but keep the connection.
+                Err(SessionError::Wire(x0x_proto::wire::WireError::Io(_))) => {
+                    shared.metrics.reject_frame("io");
+                }
+                Err(e) => e.close(&shared, &conn),
             }
         });
     }
@@ -100,6 +107,18 @@ async fn answer(
             Message::Found { info }
         }
         Message::Introduce { peer } => introduce(shared, agent, peer),
+        Message::TopicJoin { topic } => topic_join(shared, conn, agent, topic)?,
+        Message::TopicLeave { topic } => {
+            lock_topics(shared).leave(&agent, &topic);
+            Metrics::outcome(&shared.metrics.topic_requests, "leave");
+            shared.update_gauges();
+            Message::TopicOk
+        }
+        Message::TopicMembers { topic } => {
+            Metrics::outcome(&shared.metrics.topic_requests, "members");
+            let peers = lock_topics(shared).sample(&topic, &agent);
+            Message::TopicMembersList { topic, peers }
+        }
         Message::OpenCircuit { peer } => open_circuit(shared, agent, peer),
         Message::Vouch { addr } => vouch(shared, agent, addr),
         Message::VouchProof { nonce } => {
@@ -194,6 +213,53 @@ fn refresh_record(shared: &Shared, conn: &quinn::Connection, agent: PeerId) {
         let reported: Vec<_> = d.local(&agent)?.addrs.clone();
         Some(d.register(record_for(shared, conn, agent, &reported)))
     });
+}
+
+fn lock_topics(shared: &Shared) -> std::sync::MutexGuard<'_, crate::roles::topics::Topics> {
+    shared.topics.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Register the requesting agent (never anyone else) in `topic`; only
+/// agents in the directory may (so the entry goes when they leave).
+fn topic_join(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    agent: PeerId,
+    topic: [u8; 32],
+) -> Result<Message, SessionError> {
+    if shared.directory().local(&agent).is_none() {
+        return Ok(refuse(shared, Refusal::NotRegistered, "not_registered"));
+    }
+    let l = &shared.config.limits;
+    let limits = crate::roles::topics::TopicLimits {
+        topics_per_agent: l.topics_per_agent,
+        members_per_topic: l.members_per_topic,
+        topics: l.topics,
+    };
+    let r = {
+        let mut topics = lock_topics(shared);
+        // Only while this connection is the agent's live one (checked under
+        // the topics lock, which `forget` takes after the registry entry
+        // went): a join read just before a disconnect must not outlive it.
+        let live = shared
+            .registry
+            .get(&agent)
+            .is_some_and(|e| e.conn.stable_id() == conn.stable_id());
+        if !live {
+            return Err(SessionError::Unexpected(
+                "request from a replaced connection",
+            ));
+        }
+        topics.join(agent, topic, &limits)
+    };
+    Ok(match r {
+        Ok(()) => {
+            Metrics::outcome(&shared.metrics.topic_requests, "join");
+            shared.update_gauges();
+            Message::TopicOk
+        }
+        Err(e) => refuse(shared, Refusal::TopicLimit(e.label().into()), e.label()),
+    })
 }
 
 fn introduce(shared: &Shared, agent: PeerId, peer: PeerId) -> Message {
