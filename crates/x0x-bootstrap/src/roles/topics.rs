@@ -165,15 +165,16 @@ mod tests {
         );
         t.join(id(2), [3; 32], &LIMITS).unwrap();
         assert_eq!(t.join(id(2), [4; 32], &LIMITS), Err(TopicRefused::Topics));
-        for n in 3..21 {
+        // id(2) and 3..=21: twenty members, the limit.
+        for n in 3..22 {
             t.join(id(n), [3; 32], &LIMITS).unwrap();
         }
         assert_eq!(
-            t.join(id(21), [3; 32], &LIMITS),
+            t.join(id(22), [3; 32], &LIMITS),
             Err(TopicRefused::MembersPerTopic)
         );
         assert_eq!(t.len(), 3);
-        assert_eq!(t.memberships(), 2 + 19);
+        assert_eq!(t.memberships(), 2 + 20);
     }
 
     #[test]
