@@ -53,6 +53,21 @@ enum Command {
     /// what is wrong. Exit 0 healthy, 1 not, 69 no node answered.
     /// `--prometheus ADDR` keeps probing and serves the results as metrics.
     Status(cmd::status::StatusArgs),
+    /// Join TOPIC and print each message others publish on it, signed by
+    /// its author (JSON: {"event":"ready","peer_id"} then
+    /// {"event":"message","topic","from","seq","data","latency_ms"}).
+    Subscribe(cmd::collab::SubscribeArgs),
+    /// Publish DATA on TOPIC, COUNT times (DATA, then DATA #2, …); JSON:
+    /// {"event":"published","count"}.
+    Publish(cmd::collab::PublishArgs),
+    /// The agents online in TOPIC (JSON: {"event":"presence","topic","online"}).
+    Presence(cmd::collab::PresenceArgs),
+    /// Find an agent through direct peers and theirs (friend of a friend,
+    /// three hops at most). Exit 1 if not found.
+    Find(cmd::collab::FindArgs),
+    /// The replicated task list of TOPIC: add, claim, done, list (JSON list:
+    /// {"event":"tasks","topic","tasks":[{"id","title","status","claimed_by"}]}).
+    Tasks(cmd::collab::TasksArgs),
     /// Look an agent up in the directory.
     Lookup {
         /// The peer id to look up (64 hex characters).
@@ -91,6 +106,11 @@ fn main() -> ExitCode {
             Command::Listen(net) => cmd::listen::run(net).await,
             Command::Connect(args) => cmd::connect::run(args).await,
             Command::Lookup { peer, net } => cmd::lookup(peer, net).await,
+            Command::Subscribe(a) => cmd::collab::subscribe(a).await,
+            Command::Publish(a) => cmd::collab::publish(a).await,
+            Command::Presence(a) => cmd::collab::presence(a).await,
+            Command::Find(a) => cmd::collab::find(a).await,
+            Command::Tasks(a) => cmd::collab::tasks(a).await,
             Command::Status(_) => unreachable!("handled above"),
         }
     });

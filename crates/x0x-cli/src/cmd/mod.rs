@@ -1,5 +1,6 @@
 //! The commands.
 
+pub mod collab;
 pub mod connect;
 pub mod listen;
 pub mod netcheck;
