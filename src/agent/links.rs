@@ -212,6 +212,7 @@ async fn maintain(
                 );
                 lock(&inner.status).insert(key.clone(), NodeState::Connected(info.clone()));
                 refresh_candidates(&inner);
+                super::portmap::on_link(&inner, &conn, &info);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(First::Joined(info.clone())).await;
                 }
@@ -365,12 +366,14 @@ async fn register(inner: &Inner, conn: &quinn::Connection, info: &BootstrapLink)
     matches!(request(conn, &msg).await, Ok(Message::Registered { .. }))
 }
 
-/// Tell the socket our candidate addresses: every observed one, then local ones.
-fn refresh_candidates(inner: &Inner) {
+/// Tell the socket our candidate addresses: every observed one, the port
+/// the router maps for us, then local ones.
+pub(super) fn refresh_candidates(inner: &Inner) {
     let mut own: Vec<SocketAddr> = lock(&inner.links)
         .values()
         .filter_map(|l| l.info.observed)
         .collect();
+    own.extend(super::portmap::candidate(inner));
     own.extend(local_candidates(inner));
     own.dedup();
     let mut seen = Vec::new();
