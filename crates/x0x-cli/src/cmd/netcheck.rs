@@ -21,22 +21,39 @@ pub async fn run(net: NetArgs) -> Result<(), AgentError> {
         .map(|f| f.to_string())
         .chain(report.pending.iter().map(|p| format!("{p}: no answer yet")))
         .collect();
+    // The router's port mapping: the probe started with the join and
+    // takes at most about 2 s.
+    let portmap = agent.port_mapping_ready().await;
+    let portmap_kind = portmap.as_ref().map_or("none", |m| m.protocol.as_str());
     if net.json {
         let nodes: Vec<_> = report
             .connected
             .iter()
             .map(|l| json!({"addr": l.addr, "peer_id": l.peer_id.to_string(), "observed": l.observed, "rtt_ms": ms(l.rtt)}))
             .collect();
-        println!(
-            "{}",
-            json!({"public_addr": observed.first(), "mapping": mapping, "nodes": nodes, "unreachable": unreachable})
-        );
+        let mut out = json!({"public_addr": observed.first(), "mapping": mapping, "nodes": nodes, "unreachable": unreachable});
+        out["portmap"] = json!(portmap_kind);
+        println!("{out}");
     } else {
         println!(
             "public address: {}",
             observed.first().map_or("unknown".into(), |a| a.to_string())
         );
         println!("NAT mapping:    {mapping}");
+        match &portmap {
+            Some(m) => println!(
+                "port mapping:   {portmap_kind} (the router forwards {} to this agent: peers can connect directly)",
+                m.external
+            ),
+            None => println!(
+                "port mapping:   none (no PCP, NAT-PMP or UPnP answer from the router{})",
+                if net.no_port_mapping {
+                    "; --no-port-mapping"
+                } else {
+                    ""
+                }
+            ),
+        }
         for l in &report.connected {
             let seen = l.observed.map_or("-".into(), |a| a.to_string());
             println!(
