@@ -50,6 +50,8 @@ pub use path::{PathEvent, PathInfo, PathKind, PathPolicy, PathReason, Transport}
 pub use portmap::{PortMapProtocol, PortMapping};
 /// The QUIC implementation whose types appear in this API ([`quinn::Connection`], streams).
 pub use quinn;
+/// Which addresses an agent may be told to send packets to.
+pub use x0x_proto::policy;
 /// What the directory knows about an agent (its addresses and nodes).
 pub use x0x_proto::wire::PeerInfo;
 /// Why a bootstrap node refused a request.

@@ -21,5 +21,9 @@ mod nat;
 mod nat_model;
 #[path = "netns/paths.rs"]
 mod paths;
+#[path = "netns/reach.rs"]
+mod reach;
 #[path = "netns/tcp.rs"]
 mod tcp;
+#[path = "netns/wan.rs"]
+mod wan;

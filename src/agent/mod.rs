@@ -68,6 +68,9 @@ pub enum NodeState {
     Connected(BootstrapLink),
     /// Not connected; retrying in the background after this error.
     Retrying(String),
+    /// Another configured address of this node (say its IPv6 one) is
+    /// already linked; this one served to have that address vouched for.
+    SameNode(PeerId),
 }
 
 /// One configured bootstrap node and the agent's state with it.
@@ -218,7 +221,7 @@ impl AgentBuilder {
             addr: network.bind,
             source,
         })?;
-        let (socket, vouches) =
+        let (socket, signals) =
             MuxSocket::new(udp, identity.peer_id()).map_err(|source| AgentError::Bind {
                 addr: local,
                 source,
@@ -249,7 +252,9 @@ impl AgentBuilder {
             status: Mutex::new(HashMap::new()),
             maintained: Mutex::new(HashSet::new()),
             homes: Mutex::new(HashMap::new()),
+            own_extra: Mutex::new(Vec::new()),
             accepted: accept_tx,
+            leaving: cancel.child_token(),
             cancel: cancel.clone(),
             connections_direct: AtomicU64::new(0),
             connections_relayed: AtomicU64::new(0),
@@ -257,7 +262,7 @@ impl AgentBuilder {
         });
         tokio::spawn(connect::accept_loop(inner.clone()));
         tokio::spawn(paths::maintain(inner.clone()));
-        tokio::spawn(links::answer_vouches(inner.clone(), vouches));
+        tokio::spawn(links::on_socket_signals(inner.clone(), signals));
         Ok(Agent {
             inner,
             accepted: AsyncMutex::new(accept_rx),
@@ -303,8 +308,14 @@ pub(crate) struct Inner {
     pub maintained: Mutex<HashSet<String>>,
     /// Nodes each known peer is registered with (for relay circuits).
     pub homes: Mutex<HashMap<PeerId, Vec<PeerId>>>,
+    /// Our own addresses nodes vouch for beyond the links' observed ones
+    /// (the other address family, mapped ports).
+    pub own_extra: Mutex<Vec<SocketAddr>>,
     pub accepted: mpsc::Sender<PeerConnection>,
     pub cancel: CancellationToken,
+    /// Cancelled when the agent starts closing (before `cancel`): links are
+    /// no longer redialed, nor moved to TCP, while close frames travel.
+    pub leaving: CancellationToken,
     pub connections_direct: AtomicU64,
     pub connections_relayed: AtomicU64,
     pub portmap: portmap::PortMap,
@@ -422,6 +433,12 @@ impl Agent {
         self.bootstrap_nodes().iter().find_map(|l| l.observed)
     }
 
+    /// Every address of this agent that peers may reach it at: observed by
+    /// nodes, vouched for by them, and its own interface addresses.
+    pub fn candidate_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.socket.own_candidates()
+    }
+
     /// Find another agent in the directory, asking every connected node at
     /// once. `Ok(None)`: the nodes that answered do not know it.
     pub async fn lookup(&self, peer: PeerId) -> Result<Option<PeerInfo>, AgentError> {
@@ -453,6 +470,28 @@ impl Agent {
         }
     }
 
+    /// Whether this agent's NAT hairpins: a packet sent to its own public
+    /// address (as a node observed it) comes back to it. `None` when no
+    /// node observed a public address.
+    pub async fn hairpin(&self) -> Option<bool> {
+        let public = self.observed_addr()?;
+        let nonce = self.inner.socket.hairpin_check(public);
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.inner.socket.hairpin_returned(&nonce) {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+
+    /// Whether a TLS/TCP relay session to a bootstrap node can be opened
+    /// (the fastest linked node's, else the first configured one), and how
+    /// long that took. Opens and closes one session.
+    pub async fn tcp_relay_check(&self) -> Result<(PeerId, Duration), AgentError> {
+        tcp::check(&self.inner).await
+    }
+
     /// Counters of this agent.
     pub fn stats(&self) -> AgentStats {
         let s = &self.inner.socket.stats;
@@ -477,6 +516,7 @@ impl Agent {
     pub async fn close(&self) {
         // Close first, so close frames still travel (relayed ones too);
         // then stop the background tasks.
+        self.inner.leaving.cancel();
         self.inner.endpoint.close(close::NORMAL, b"agent closing");
         let idle = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle());
         let _ = tokio::join!(idle, portmap::stop(&self.inner));

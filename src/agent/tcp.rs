@@ -190,3 +190,37 @@ pub(super) fn relay_addr(inner: &Inner, i: usize, bootstrap: &PeerAddr) -> PeerA
         },
     }
 }
+
+/// See [`crate::Agent::tcp_relay_check`].
+pub(super) async fn check(inner: &Inner) -> Result<(PeerId, Duration), crate::AgentError> {
+    let started = std::time::Instant::now();
+    let peers = &inner.network.bootstrap_peers;
+    // The fastest linked node's position in the configuration, else the first.
+    let fastest = inner.links_by_rtt().first().map(|(id, _)| *id);
+    let status = super::lock(&inner.status).clone();
+    let index = peers
+        .iter()
+        .position(|p| {
+            matches!(status.get(&p.to_string()), Some(super::NodeState::Connected(l)) if Some(l.peer_id) == fastest)
+        })
+        .unwrap_or(0);
+    let Some(spec) = peers.get(index) else {
+        return Err(crate::AgentError::InvalidConfig("bootstrap_peers is empty"));
+    };
+    let addr = relay_addr(inner, index, &spec.addr);
+    let opened = tokio::time::timeout(Duration::from_secs(5), open(inner, &addr, spec.id)).await;
+    match opened {
+        Ok(Ok((mut ws, node))) => {
+            let _ = ws.close(None).await;
+            Ok((node, started.elapsed()))
+        }
+        Ok(Err(e)) => Err(crate::AgentError::Unreachable {
+            peer: fastest.unwrap_or(PeerId::from_bytes([0; 32])),
+            reasons: vec![e],
+        }),
+        Err(_) => Err(crate::AgentError::Timeout {
+            what: "TCP relay check",
+            after: Duration::from_secs(5),
+        }),
+    }
+}

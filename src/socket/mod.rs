@@ -64,8 +64,21 @@ const OVERFLOW: usize = 4096;
 /// Path events buffered per remote for slow listeners.
 const EVENTS: usize = 64;
 
-/// Vouch nonces that arrived, with the address of the node that sent them.
-pub type VouchNonces = mpsc::Receiver<(SocketAddr, [u8; 16])>;
+/// What the socket asks of the agent.
+#[derive(Debug)]
+pub enum Signal {
+    /// A vouch nonce arrived from a node: return it.
+    Nonce([u8; 16]),
+    /// `peer` offered candidates its record does not vouch for (it may have
+    /// learned them since we looked it up): look it up again.
+    Unvouched(PeerId),
+}
+
+/// The receiving end of [`Signal`]s.
+pub type Signals = mpsc::Receiver<Signal>;
+
+/// A peer's record is looked up again for unvouched candidates at most this often.
+const RELOOKUP_EVERY: Duration = Duration::from_secs(3);
 
 /// Counters with stable names (see [`crate::AgentStats`]).
 #[derive(Debug, Default)]
@@ -122,6 +135,8 @@ struct TcpRoutes {
     /// When a UDP check to a node was last echoed (UDP works again).
     udp_echo: HashMap<SocketAddr, Instant>,
     checks: HashMap<[u8; 8], SocketAddr>,
+    /// Hairpin checks sent, and whether each came back.
+    hairpin: HashMap<[u8; 8], bool>,
 }
 
 /// Datagrams from TCP links waiting for the socket.
@@ -137,7 +152,7 @@ pub struct MuxSocket {
     tcp_in: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     overflow: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     waker: AtomicWaker,
-    vouches: mpsc::Sender<(SocketAddr, [u8; 16])>,
+    signals: mpsc::Sender<Signal>,
     pub stats: SocketStats,
 }
 
@@ -154,12 +169,13 @@ fn tx() -> Tx {
 }
 
 impl MuxSocket {
-    /// Wrap a bound UDP socket for the agent `me`. Vouch nonces that
-    /// arrive are sent on the returned channel (with the sending node's address).
-    pub fn new(socket: std::net::UdpSocket, me: PeerId) -> io::Result<(Arc<Self>, VouchNonces)> {
+    /// Wrap a bound UDP socket for the agent `me`. What the agent must do
+    /// for it (vouch nonces to return, records to look up again) comes on
+    /// the returned channel.
+    pub fn new(socket: std::net::UdpSocket, me: PeerId) -> io::Result<(Arc<Self>, Signals)> {
         let ipv6 = socket.local_addr()?.is_ipv6();
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
-        let (vouches, rx) = mpsc::channel(64);
+        let (signals, rx) = mpsc::channel(64);
         let table = Table {
             mapped: mapped::Allocator::new(ipv6),
             ..Table::default()
@@ -174,7 +190,7 @@ impl MuxSocket {
                 tcp_in: Mutex::default(),
                 overflow: Mutex::new(VecDeque::new()),
                 waker: AtomicWaker::new(),
-                vouches,
+                signals,
                 stats: SocketStats::default(),
             }),
             rx,
@@ -208,6 +224,11 @@ impl MuxSocket {
     /// Let traffic from and to bootstrap node `addr` through.
     pub fn allow_node(&self, addr: SocketAddr) {
         self.table().nodes.insert(canonical(addr));
+    }
+
+    /// Our own candidate addresses, as last set.
+    pub fn own_candidates(&self) -> Vec<SocketAddr> {
+        self.table().own.clone()
     }
 
     /// Our own candidate addresses (observed by nodes, local interfaces, vouched).
@@ -506,6 +527,31 @@ impl MuxSocket {
         }
     }
 
+    /// Send a hairpin check to our own public address `public`; see
+    /// [`Self::hairpin_returned`].
+    pub fn hairpin_check(&self, public: SocketAddr) -> [u8; 8] {
+        let nonce: [u8; 8] = rand::random();
+        let mut p = [0u8; relay::UDP_CHECK_LEN];
+        p[0] = relay::TYPE_HAIRPIN;
+        p[1..].copy_from_slice(&nonce);
+        self.tcp().hairpin.insert(nonce, false);
+        if let Some(to) = self.for_socket(public) {
+            let _ = self.inner.try_send(&Transmit {
+                destination: to,
+                ecn: None,
+                contents: &p,
+                segment_size: None,
+                src_ip: None,
+            });
+        }
+        nonce
+    }
+
+    /// Whether the hairpin check `nonce` came back.
+    pub fn hairpin_returned(&self, nonce: &[u8; 8]) -> bool {
+        self.tcp().hairpin.get(nonce).copied().unwrap_or(false)
+    }
+
     /// When a UDP check to `node_addr` was last answered over UDP.
     pub fn udp_echoed(&self, node_addr: &SocketAddr) -> Option<Instant> {
         self.tcp().udp_echo.get(&canonical(*node_addr)).copied()
@@ -794,10 +840,25 @@ impl MuxSocket {
                     }
                 }
                 Body::Call { candidates, .. } => {
+                    let mut unvouched = false;
                     for a in candidates {
-                        if self.reaches(&a) && r.add_direct(a, Origin::Call) {
-                            t.by_direct.insert(canonical(a), p.from);
+                        if !self.reaches(&a) {
+                            continue;
                         }
+                        if r.add_direct(a, Origin::Call) {
+                            t.by_direct.insert(canonical(a), p.from);
+                        } else if !x0x_proto::policy::may_dial(&a, &r.vouched)
+                            && x0x_proto::policy::is_dialable(&a)
+                        {
+                            unvouched = true;
+                        }
+                    }
+                    if unvouched
+                        && r.relookup_at
+                            .is_none_or(|at| now.saturating_duration_since(at) >= RELOOKUP_EVERY)
+                    {
+                        r.relookup_at = Some(now);
+                        let _ = self.signals.try_send(Signal::Unvouched(p.from));
                     }
                     let reply_to_ours = r.punch.awaiting.is_some_and(|(tx, _)| tx == p.tx);
                     if reply_to_ours {
@@ -903,7 +964,13 @@ impl MuxSocket {
                 TYPE_PROBE => self.on_probe(seg, meta.addr, None),
                 TYPE_VOUCH => {
                     if let Some(nonce) = relay::parse_vouch(seg) {
-                        let _ = self.vouches.try_send((from, nonce));
+                        let _ = self.signals.try_send(Signal::Nonce(nonce));
+                    }
+                }
+                relay::TYPE_HAIRPIN if seg.len() == relay::UDP_CHECK_LEN => {
+                    let nonce: [u8; 8] = seg[1..].try_into().expect("checked length");
+                    if let Some(seen) = self.tcp().hairpin.get_mut(&nonce) {
+                        *seen = true;
                     }
                 }
                 relay::TYPE_UDP_ECHO if seg.len() == relay::UDP_CHECK_LEN => {

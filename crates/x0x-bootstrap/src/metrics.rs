@@ -66,6 +66,7 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     pub frames_rejected: Labelled<Reason>,
     pub reflector_observations: Counter,
+    pub probes_answered: Counter,
     pub coordinator_registrations: Counter,
     pub coordinator_lookups: Labelled<Outcome>,
     pub coordinator_introductions: Labelled<Outcome>,
@@ -331,6 +332,7 @@ impl Metrics {
             "agents_connected", "Other peers (agents) connected now", agents_connected;
             "frames_rejected", "Frames or streams that closed a connection, by reason", frames_rejected;
             "reflector_observations", "Observed addresses reported to peers", reflector_observations;
+            "probes_answered", "One-shot probes answered (Hello kind Probe: Welcome, then closed)", probes_answered;
             "coordinator_registrations", "Agent registrations accepted", coordinator_registrations;
             "coordinator_lookups", "Directory lookups by result", coordinator_lookups;
             "coordinator_introductions", "Introductions by result", coordinator_introductions;

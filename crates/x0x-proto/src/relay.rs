@@ -11,6 +11,7 @@
 //! | `0x03` | vouch | `[0x03][nonce: 16]` | node → agent |
 //! | `0x04` | UDP check | `[0x04][nonce: 8]` | agent → node |
 //! | `0x05` | UDP echo | `[0x05][nonce: 8]` | node → agent |
+//! | `0x06` | hairpin check | `[0x06][nonce: 8]` | agent → its own public address |
 //!
 //! **Over TCP** (networks that block UDP) the same datagrams, QUIC and
 //! these, travel as binary WebSocket messages inside TLS 1.3 to a node's
@@ -35,6 +36,9 @@ pub const TYPE_VOUCH: u8 = 0x03;
 pub const TYPE_UDP_CHECK: u8 = 0x04;
 /// First byte of a node's answer to a UDP check.
 pub const TYPE_UDP_ECHO: u8 = 0x05;
+/// First byte of a hairpin check: sent to our own public address, it comes
+/// back only through a NAT that hairpins.
+pub const TYPE_HAIRPIN: u8 = 0x06;
 /// Length of a UDP check and its echo.
 pub const UDP_CHECK_LEN: usize = 9;
 

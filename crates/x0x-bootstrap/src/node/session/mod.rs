@@ -143,6 +143,13 @@ pub async fn inbound(
     }
     .await;
     match result {
+        Ok((PeerKind::Probe, ..)) => {
+            // Answered: the dialer closes; a prober that lingers is closed
+            // for it, so probes never hold a connection slot for long.
+            shared.metrics.probes_answered.inc();
+            let _ = tokio::time::timeout(hello_within, conn.closed()).await;
+            conn.close(close::NORMAL, b"probe answered");
+        }
         Ok((kind, incarnation, send, recv)) => {
             let link = Link {
                 conn,
@@ -222,7 +229,7 @@ async fn serve(
     } = link;
     let outbox = Arc::new(Outbox::new(match kind {
         PeerKind::Node => MESH_QUEUE,
-        PeerKind::Agent => shared.config.limits.agent_push_queue,
+        PeerKind::Agent | PeerKind::Probe => shared.config.limits.agent_push_queue,
     }));
     let entry = Entry {
         conn: conn.clone(),
@@ -265,7 +272,7 @@ async fn serve(
         let limits = match kind {
             PeerKind::Node => ReadLimits::MESH,
             // Agents send nothing after Hello: any frame is refused.
-            PeerKind::Agent => ReadLimits::REQUEST,
+            PeerKind::Agent | PeerKind::Probe => ReadLimits::REQUEST,
         };
         loop {
             match wire::read_frame(&mut recv, &limits).await {
