@@ -21,6 +21,8 @@ mod nat;
 mod nat_model;
 #[path = "netns/paths.rs"]
 mod paths;
+#[path = "netns/portmap.rs"]
+mod portmap;
 #[path = "netns/reach.rs"]
 mod reach;
 #[path = "netns/tcp.rs"]
