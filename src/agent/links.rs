@@ -454,8 +454,23 @@ async fn vouch_own(inner: &Arc<Inner>, node: PeerId, addr: SocketAddr) {
     if policy::is_local_scope(&addr) || !policy::is_dialable(&addr) {
         return;
     }
-    let conn = lock(&inner.links).get(&node).map(|l| l.conn.clone());
-    let Some(conn) = conn else { return };
+    // The probe can finish before the node's link (the other family's
+    // dial, which claimed the node) has registered and entered `links`:
+    // wait for it rather than lose the vouch.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let conn = loop {
+        let conn = lock(&inner.links).get(&node).map(|l| l.conn.clone());
+        match conn {
+            Some(c) => break c,
+            None if lock(&inner.linking).contains_key(&node) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None => {
+                debug!(%addr, node = %node.short(), "no link to the node: not vouched");
+                return;
+            }
+        }
+    };
     match request(&conn, &Message::Vouch { addr }).await {
         Ok(Message::VouchSent) => {
             {
