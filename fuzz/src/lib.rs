@@ -1,0 +1,488 @@
+//! Fuzz targets for x0x's parsers, shared by the libFuzzer binaries
+//! (`fuzz_targets/*.rs`, nightly, `cargo fuzz run`) and the stable-toolchain
+//! replay of every committed input (`tests/replay.rs`).
+//!
+//! Each target calls a public parse entry point of the real crates, never a
+//! copy of it, and checks properties beyond "does not panic":
+//!
+//! | target    | entry point                              | property checked |
+//! |-----------|------------------------------------------|------------------|
+//! | `frame`   | `wire::read_frame` on a byte stream      | frames come out in order, each re-encodes and decodes to itself, length limit honoured |
+//! | `decode`  | `wire::decode` on one frame body         | never panics; what decodes re-encodes and decodes to the same message; no strict prefix decodes |
+//! | `message` | `arbitrary` messages of every kind       | `encode` → `decode` / `read_frame` is the identity; truncations never decode |
+//! | `relay`   | `relay::split` / `relay::join`           | `join(split(d)) == d`, `split(join(p, x)) == (p, x)` |
+//! | `config`  | `Config::parse` on UTF-8 text            | never panics; an error's line exists and is the one printed; an accepted config round-trips through `to_toml` |
+//! | `pem`     | `Identity::from_pem`, `from_pkcs8`       | never panics; an accepted key re-exports to a PEM of the same identity |
+//!
+//! A property violation panics, which libFuzzer reports as a crash.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use arbitrary::{Arbitrary, Unstructured};
+use x0x_proto::identity::PeerId;
+use x0x_proto::wire::{self, AgentRecord, Message, PeerKind, RoleSet};
+
+/// Every target, by name (the directory names under `seeds/`,
+/// `regressions/` and `corpus/`).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("frame", targets::frame),
+    ("decode", targets::decode),
+    ("message", targets::message),
+    ("relay", targets::relay),
+    ("config", targets::config),
+    ("pem", targets::pem),
+];
+
+/// Drive a future that never waits on anything external (reading from an
+/// in-memory slice) to completion, without a runtime.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    // An in-memory reader is always ready; bound the loop all the same so a
+    // future that does wait is a visible failure, not a hang.
+    for _ in 0..1_000_000 {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+    panic!("future over an in-memory reader did not complete");
+}
+
+// --- structure-aware generation of every message kind -----------------------
+//
+// `wire::Message` does not derive `Arbitrary` (the fuzz crate must not change
+// the protocol crate), so these mirror types do. `ArbMessage::from_message`
+// matches every variant without a wildcard: a new message kind added to
+// `wire::Message` fails to compile here until it is mirrored.
+
+#[derive(Debug, Clone, Arbitrary)]
+pub struct ArbPeerId([u8; 32]);
+
+impl From<&ArbPeerId> for PeerId {
+    fn from(p: &ArbPeerId) -> Self {
+        PeerId::from_bytes(p.0)
+    }
+}
+
+/// A socket address as the wire carries it. serde's encoding of
+/// `SocketAddrV6` keeps only the address and port (flow info and scope id
+/// are dropped), so the generated V6 addresses have neither.
+#[derive(Debug, Clone, Arbitrary)]
+pub enum ArbAddr {
+    V4([u8; 4], u16),
+    V6([u8; 16], u16),
+}
+
+impl From<&ArbAddr> for SocketAddr {
+    fn from(a: &ArbAddr) -> Self {
+        match a {
+            ArbAddr::V4(ip, port) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(*ip), *port)),
+            ArbAddr::V6(ip, port) => {
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(*ip), *port, 0, 0))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+pub struct ArbRecord {
+    peer: ArbPeerId,
+    addrs: Vec<ArbAddr>,
+    home: ArbPeerId,
+}
+
+impl From<&ArbRecord> for AgentRecord {
+    fn from(r: &ArbRecord) -> Self {
+        AgentRecord {
+            peer: (&r.peer).into(),
+            addrs: r.addrs.iter().map(SocketAddr::from).collect(),
+            home: (&r.home).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+pub enum ArbMessage {
+    Hello {
+        node: bool,
+        incarnation: u64,
+    },
+    Welcome {
+        incarnation: u64,
+        roles: (bool, bool, bool),
+        observed: Option<ArbAddr>,
+    },
+    Register {
+        addrs: Vec<ArbAddr>,
+    },
+    Registered {
+        record: ArbRecord,
+    },
+    Lookup {
+        peer: ArbPeerId,
+    },
+    Found {
+        record: Option<ArbRecord>,
+    },
+    Introduce {
+        peer: ArbPeerId,
+    },
+    Introduction {
+        record: ArbRecord,
+    },
+    Refused {
+        reason: String,
+    },
+    DirectorySnapshot {
+        records: Vec<ArbRecord>,
+    },
+    DirectorySnapshotMore {
+        records: Vec<ArbRecord>,
+    },
+    DirectoryUpsert {
+        record: ArbRecord,
+    },
+    DirectoryRemove {
+        peer: ArbPeerId,
+    },
+    ForwardIntroduction {
+        from: ArbRecord,
+        to: ArbPeerId,
+    },
+}
+
+fn records(r: &[ArbRecord]) -> Vec<AgentRecord> {
+    r.iter().map(AgentRecord::from).collect()
+}
+
+impl ArbMessage {
+    pub fn to_message(&self) -> Message {
+        match self {
+            Self::Hello { node, incarnation } => Message::Hello {
+                kind: if *node {
+                    PeerKind::Node
+                } else {
+                    PeerKind::Agent
+                },
+                incarnation: *incarnation,
+            },
+            Self::Welcome {
+                incarnation,
+                roles,
+                observed,
+            } => Message::Welcome {
+                incarnation: *incarnation,
+                roles: RoleSet {
+                    coordinator: roles.0,
+                    reflector: roles.1,
+                    relay: roles.2,
+                },
+                observed: observed.as_ref().map(SocketAddr::from),
+            },
+            Self::Register { addrs } => Message::Register {
+                addrs: addrs.iter().map(SocketAddr::from).collect(),
+            },
+            Self::Registered { record } => Message::Registered {
+                record: record.into(),
+            },
+            Self::Lookup { peer } => Message::Lookup { peer: peer.into() },
+            Self::Found { record } => Message::Found {
+                record: record.as_ref().map(AgentRecord::from),
+            },
+            Self::Introduce { peer } => Message::Introduce { peer: peer.into() },
+            Self::Introduction { record } => Message::Introduction {
+                record: record.into(),
+            },
+            Self::Refused { reason } => Message::Refused {
+                reason: reason.clone(),
+            },
+            Self::DirectorySnapshot { records: r } => Message::DirectorySnapshot {
+                records: records(r),
+            },
+            Self::DirectorySnapshotMore { records: r } => Message::DirectorySnapshotMore {
+                records: records(r),
+            },
+            Self::DirectoryUpsert { record } => Message::DirectoryUpsert {
+                record: record.into(),
+            },
+            Self::DirectoryRemove { peer } => Message::DirectoryRemove { peer: peer.into() },
+            Self::ForwardIntroduction { from, to } => Message::ForwardIntroduction {
+                from: from.into(),
+                to: to.into(),
+            },
+        }
+    }
+
+    /// The mirror's name for a message's kind. Exhaustive on purpose (see
+    /// above): it is also how the replay test counts which kinds the seed
+    /// corpus covers.
+    pub fn kind_of(m: &Message) -> &'static str {
+        match m {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Register { .. } => "Register",
+            Message::Registered { .. } => "Registered",
+            Message::Lookup { .. } => "Lookup",
+            Message::Found { .. } => "Found",
+            Message::Introduce { .. } => "Introduce",
+            Message::Introduction { .. } => "Introduction",
+            Message::Refused { .. } => "Refused",
+            Message::DirectorySnapshot { .. } => "DirectorySnapshot",
+            Message::DirectorySnapshotMore { .. } => "DirectorySnapshotMore",
+            Message::DirectoryUpsert { .. } => "DirectoryUpsert",
+            Message::DirectoryRemove { .. } => "DirectoryRemove",
+            Message::ForwardIntroduction { .. } => "ForwardIntroduction",
+        }
+    }
+}
+
+/// Every kind of `wire::Message`, by `ArbMessage::kind_of` name.
+pub const MESSAGE_KINDS: &[&str] = &[
+    "Hello",
+    "Welcome",
+    "Register",
+    "Registered",
+    "Lookup",
+    "Found",
+    "Introduce",
+    "Introduction",
+    "Refused",
+    "DirectorySnapshot",
+    "DirectorySnapshotMore",
+    "DirectoryUpsert",
+    "DirectoryRemove",
+    "ForwardIntroduction",
+];
+
+/// Check that a message the decoder produced encodes and decodes to itself.
+fn assert_round_trip(msg: &Message) {
+    match wire::encode(msg) {
+        Ok(frame) => {
+            let body_len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+            assert_eq!(body_len, frame.len() - 4, "length prefix of {msg:?}");
+            let again = wire::decode(&frame[4..]).expect("an encoded message decodes");
+            assert_eq!(&again, msg, "decode(encode(m)) != m");
+        }
+        // A decoded body was at most MAX_FRAME_LEN, and encoding is
+        // canonical (never longer than what was decoded), so this is only
+        // possible for generated messages.
+        Err(wire::WireError::TooLarge(n)) => assert!(n > wire::MAX_FRAME_LEN),
+        Err(e) => panic!("encode failed with {e} for {msg:?}"),
+    }
+}
+
+pub mod targets {
+    use super::*;
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use x0x_bootstrap::config::{Config, ConfigError};
+    use x0x_proto::identity::Identity;
+    use x0x_proto::relay;
+
+    /// Frames read off a byte stream, as a node reads a control or request
+    /// stream: length prefix, limit, version, body.
+    pub fn frame(data: &[u8]) {
+        let mut rest = data;
+        // A stream of at most |data| / 5 frames; bound it anyway.
+        for _ in 0..4096 {
+            let before = rest.len();
+            let result = block_on(wire::read_frame(&mut rest));
+            let consumed = before - rest.len();
+            match result {
+                Ok(Some(msg)) => {
+                    assert!(consumed > 4, "a frame has a prefix and a body");
+                    assert!(consumed - 4 <= wire::MAX_FRAME_LEN, "over the frame limit");
+                    assert_round_trip(&msg);
+                    // Encoding is canonical: never longer than the frame read.
+                    if let Ok(enc) = wire::encode(&msg) {
+                        assert!(enc.len() <= consumed, "re-encoding grew {msg:?}");
+                    }
+                }
+                Ok(None) => {
+                    assert!(before < 4, "clean end with {before} bytes left");
+                    return;
+                }
+                Err(e) => {
+                    // Every error maps to a close code and a metrics label.
+                    let _ = e.close_code();
+                    assert!(!e.label().is_empty());
+                    assert!(!e.to_string().is_empty());
+                    if let wire::WireError::TooLarge(n) = e {
+                        assert!(n > wire::MAX_FRAME_LEN);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One frame body (what follows the length prefix).
+    pub fn decode(data: &[u8]) {
+        let Ok(msg) = wire::decode(data) else {
+            return;
+        };
+        assert_round_trip(&msg);
+        // postcard is self-delimiting: no strict prefix of a valid body is
+        // itself a complete message.
+        for cut in [data.len() - 1, data.len() / 2, 1] {
+            if cut < data.len() {
+                assert!(
+                    wire::decode(&data[..cut]).is_err(),
+                    "a {cut}-byte prefix of a {}-byte body decoded",
+                    data.len()
+                );
+            }
+        }
+    }
+
+    /// Structure-aware: messages of every kind, generated by `arbitrary`.
+    pub fn message(data: &[u8]) {
+        let mut u = Unstructured::new(data);
+        let Ok(msgs) = Vec::<ArbMessage>::arbitrary(&mut u) else {
+            return;
+        };
+        let msgs: Vec<Message> = msgs.iter().map(ArbMessage::to_message).collect();
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        for msg in &msgs {
+            let frame = match wire::encode(msg) {
+                Ok(f) => f,
+                Err(wire::WireError::TooLarge(n)) => {
+                    assert!(n > wire::MAX_FRAME_LEN);
+                    continue;
+                }
+                Err(e) => panic!("encode failed with {e} for {msg:?}"),
+            };
+            let body = &frame[4..];
+            assert_eq!(&wire::decode(body).expect("decodes"), msg);
+            for cut in [body.len() - 1, body.len() / 2] {
+                assert!(
+                    wire::decode(&body[..cut]).is_err(),
+                    "truncated body decoded"
+                );
+            }
+            // A frame cut short is an error, never a message or a clean end.
+            let cut = &frame[..frame.len() - 1];
+            assert!(block_on(wire::read_frame(&mut &cut[..])).is_err());
+            stream.extend_from_slice(&frame);
+            expected.push(msg.clone());
+        }
+        // The frames of one stream come out in order, then a clean end.
+        let mut r = stream.as_slice();
+        for msg in &expected {
+            let got = block_on(wire::read_frame(&mut r)).expect("reads");
+            assert_eq!(got.as_ref(), Some(msg));
+        }
+        assert!(matches!(block_on(wire::read_frame(&mut r)), Ok(None)));
+    }
+
+    /// The relayed-datagram format: a peer id, then an opaque payload.
+    pub fn relay(data: &[u8]) {
+        let datagram = Bytes::copy_from_slice(data);
+        match relay::split(&datagram) {
+            Some((peer, payload)) => {
+                assert!(data.len() >= x0x_proto::identity::PEER_ID_LEN);
+                assert_eq!(
+                    relay::join(&peer, &payload),
+                    datagram,
+                    "join(split(d)) != d"
+                );
+            }
+            None => assert!(data.len() < x0x_proto::identity::PEER_ID_LEN),
+        }
+        // And the other way: any peer and payload survive join then split.
+        if data.len() >= 32 {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&data[..32]);
+            let peer = PeerId::from_bytes(id);
+            let payload = &data[32..];
+            let joined = relay::join(&peer, payload);
+            let (p, pl) = relay::split(&joined).expect("a joined datagram splits");
+            assert_eq!(p, peer);
+            assert_eq!(&pl[..], payload);
+        }
+    }
+
+    /// The node's configuration file.
+    pub fn config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let path = Path::new("fuzz.toml");
+        match Config::parse(text, path) {
+            Ok(config) => {
+                // What `x0x-bootstrap --check` prints is itself a valid
+                // configuration, and the same one.
+                let rendered = config.to_toml();
+                let again = Config::parse(&rendered, path).unwrap_or_else(|e| {
+                    panic!("the effective config does not parse: {e}\n{rendered}")
+                });
+                assert_eq!(again, config, "to_toml round trip changed the config");
+                let _ = config.warnings();
+                let _ = config.key_path();
+            }
+            Err(e @ ConfigError::Invalid { .. }) => {
+                let shown = e.to_string();
+                let ConfigError::Invalid {
+                    line,
+                    message,
+                    snippet,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert!(!message.is_empty(), "an error says what is wrong");
+                let lines = text.lines().count();
+                match line {
+                    Some(l) => {
+                        assert!(
+                            (1..=lines.max(1) + 1).contains(&l),
+                            "line {l} of a {lines}-line file"
+                        );
+                        assert!(
+                            shown.starts_with(&format!("fuzz.toml:{l}: ")),
+                            "the error names its line: {shown}"
+                        );
+                        if let Some(s) = snippet {
+                            let at = text.lines().nth(l - 1).expect("the line exists");
+                            assert_eq!(s, at.trim(), "the snippet is the named line");
+                        }
+                    }
+                    None => {
+                        assert!(shown.starts_with("fuzz.toml:?: "), "{shown}");
+                        // Only a validation error (a value that parsed but
+                        // is not allowed) may lack a line: a TOML syntax or
+                        // type error always has a position.
+                        assert!(
+                            message.starts_with("key `"),
+                            "a parse error without a line: {shown}"
+                        );
+                    }
+                }
+            }
+            Err(e) => panic!("Config::parse returned a non-parse error: {e}"),
+        }
+    }
+
+    /// PEM key loading, and the PKCS#8 parser under it.
+    pub fn pem(data: &[u8]) {
+        if let Ok(id) = Identity::from_pem(data) {
+            let pem = id.to_pem();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            let again = Identity::from_pem(pem.as_bytes()).expect("an exported key loads");
+            assert_eq!(again.peer_id(), id.peer_id());
+            let der = Identity::from_pkcs8(id.pkcs8_der()).expect("its DER loads");
+            assert_eq!(der.peer_id(), id.peer_id());
+        }
+        if let Ok(id) = Identity::from_pkcs8(data) {
+            let again =
+                Identity::from_pem(id.to_pem().as_bytes()).expect("an accepted DER exports");
+            assert_eq!(again.peer_id(), id.peer_id());
+        }
+    }
+}
