@@ -49,6 +49,13 @@ promtool check rules "$rules"
 echo "--> promtool test rules"
 (cd "$(dirname "$tests")" && promtool test rules "$(basename "$tests")")
 
+echo "--> dashboard matches its generator"
+if ! python3 monitoring/grafana/gen-dashboard.py | diff -q - "$dashboard" >/dev/null; then
+  echo "error: $dashboard is not what monitoring/grafana/gen-dashboard.py prints; regenerate it:" >&2
+  echo "  python3 monitoring/grafana/gen-dashboard.py > $dashboard" >&2
+  exit 1
+fi
+
 echo "--> dashboard, metric names and alert metadata"
 python3 - "$rules" "$tests" "$dashboard" <<'PY'
 import glob

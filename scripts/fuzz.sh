@@ -115,7 +115,7 @@ case "$cmd" in
     # Loopback only; inside a network namespace of its own when possible.
     . scripts/isolated.sh
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
-      cargo build --manifest-path fuzz/Cargo.toml --no-default-features --bin corpus-gen
+      cargo build --manifest-path fuzz/Cargo.toml --no-default-features --features gen --bin corpus-gen
     bin="${CARGO_TARGET_DIR:-$root/target}/debug/corpus-gen"
     isolated "$bin $fuzz/seeds" || {
       rc=$?

@@ -143,3 +143,35 @@ fn recorded_traffic_decodes_and_covers_every_message_kind() {
         "recorded traffic has no {missing:?} frame"
     );
 }
+
+/// Known issue (reported to the lead, not fixed here: the fix is in
+/// `crates/x0x-bootstrap/src/config.rs`). A value that parses but fails
+/// validation should name the line that set it, as every TOML error does;
+/// `find_key_line` misses the line when the table header carries a comment
+/// (`[limits] # ...`), when the table is written inline
+/// (`limits = { ... }`), and names no line when the offending key was left at
+/// its default but another key set on a line made it invalid. Run with
+/// `cargo test --manifest-path fuzz/Cargo.toml --no-default-features -- --ignored`;
+/// un-ignore once config.rs finds keys from the parsed document's spans.
+#[test]
+#[ignore = "known issue in x0x-bootstrap config.rs: validation errors without a line"]
+fn config_validation_errors_name_their_line() {
+    use x0x_bootstrap::config::{Config, ConfigError};
+    let cases: &[(&str, usize)] = &[
+        ("[limits] # connection limits\nmax_connections = 0\n", 2),
+        (
+            "[roles]\nrelay = true\n[limits] # x\nrelay_circuits = 0\n",
+            4,
+        ),
+        ("limits = { accept_per_sec = 0 }\n", 1),
+        ("[transport]\nidle_timeout_ms = 1500\n", 2),
+    ];
+    let mut wrong = Vec::new();
+    for (text, want) in cases {
+        match Config::parse(text, Path::new("node.toml")) {
+            Err(ConfigError::Invalid { line, .. }) if line == Some(*want) => {}
+            other => wrong.push(format!("{text:?}: want line {want}, got {other:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
