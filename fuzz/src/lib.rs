@@ -25,9 +25,12 @@ use arbitrary::{Arbitrary, Unstructured};
 use x0x_proto::identity::PeerId;
 use x0x_proto::wire::{self, AgentRecord, Message, PeerKind, RoleSet};
 
+/// A fuzz target: takes any bytes, panics on a property violation.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the directory names under `seeds/`,
 /// `regressions/` and `corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", targets::frame),
     ("decode", targets::decode),
     ("message", targets::message),

@@ -7,9 +7,13 @@
 //! `cargo test --manifest-path fuzz/Cargo.toml --no-default-features --release`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use x0x_fuzz::{ArbMessage, MESSAGE_KINDS, TARGETS};
+
+/// The longest one input may take (debug build). Every committed input takes
+/// milliseconds; a slow parse is a bug (libFuzzer reports it as a timeout).
+const SLOW: Duration = Duration::from_secs(5);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -53,7 +57,17 @@ fn replay(name: &str) {
     std::panic::set_hook(Box::new(|_| {}));
     for path in &inputs {
         let data = std::fs::read(path).expect("readable input");
+        let one = Instant::now();
         let result = std::panic::catch_unwind(|| target(&data));
+        let took = one.elapsed();
+        if took > SLOW {
+            failed.push(format!(
+                "{}: took {:.1} s (limit {} s)",
+                path.display(),
+                took.as_secs_f64(),
+                SLOW.as_secs()
+            ));
+        }
         if let Err(e) = result {
             let msg = e
                 .downcast_ref::<String>()

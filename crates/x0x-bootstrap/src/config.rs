@@ -316,7 +316,12 @@ impl Config {
                 return Err(("", "peers", format!("{peer} is listed twice")));
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        // Field values as literals, not regexes: compiling them is exponential
+        // (found by fuzzing: a 25-byte level took 15 s; see docs/FUZZING.md).
+        if let Err(e) = tracing_subscriber::EnvFilter::builder()
+            .with_regex(false)
+            .parse(&self.log.level)
+        {
             return Err((
                 "log",
                 "level",

@@ -85,8 +85,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Without regexes, as config.rs validates it (their compilation is exponential).
+    let filters = || tracing_subscriber::EnvFilter::builder().with_regex(false);
+    let filter = filters()
+        .try_from_env()
+        .unwrap_or_else(|_| filters().parse_lossy(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
