@@ -67,6 +67,8 @@ case "$cmd" in
     started=$(date +%s)
     cargo fmt --manifest-path fuzz/Cargo.toml -- --check
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
+      cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --features gen --all-targets -- -D warnings
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
       cargo test --manifest-path fuzz/Cargo.toml --no-default-features --test replay -- --nocapture
     echo "fuzz replay: $(( $(date +%s) - started )) s"
     ;;
