@@ -72,8 +72,9 @@ def err(msg):
 
 
 # --- what the node exports: every metric registered in crates/x0x-bootstrap/src
-# `r.register("name", "help", self.field.clone())` or the counter helper
-# `c(&mut r, "name", "help", &self.field)`. A counter is exported with the
+# `r.register("name", "help", self.field.clone())`, the counter helper
+# `c(&mut r, "name", "help", &self.field)`, or a macro table of
+# `"name", "help", field;` lines. A counter is exported with the
 # suffix `_total` (OpenMetrics), a gauge as is; all under the prefix `x0x_`.
 exported = set()
 for path in glob.glob("crates/x0x-bootstrap/src/**/*.rs", recursive=True):
@@ -87,6 +88,8 @@ for path in glob.glob("crates/x0x-bootstrap/src/**/*.rs", recursive=True):
         src,
         re.S,
     )
+    # ... and the table form `"name", "help", field;` (a registering macro).
+    calls += re.findall(r"\"([a-z0-9_]+)\"\s*,\s*\"(?:[^\"\\]|\\.)*\"\s*,\s*(\w+)\s*;", src)
     for name, var in calls:
         ty = types.get(var, "")
         counter = "Counter" in ty or ty.startswith("Labelled")
