@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use x0x::agent::PathKind;
+use x0x::PathKind;
 use x0x::{Agent, NetworkConfig};
 
 #[derive(Deserialize)]
@@ -86,6 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, host) in inventory.node.into_iter().enumerate() {
         let quic = addr(i, host.quic_port);
         let health = addr(i, 12600);
+        let tcp = addr(i, 443);
         let peers: Vec<String> = (0..count)
             .filter(|j| *j != i)
             .map(|j| format!("\"{}\"", addr(j, host.quic_port)))
@@ -94,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{quic}\"\npeers = [{}]\nstate_dir = \"{}\"\n[health]\nlisten = \"{health}\"\n[log]\nlevel = \"warn\"\n",
+                "listen = \"{quic}\"\npeers = [{}]\nstate_dir = \"{}\"\n[health]\nlisten = \"{health}\"\n[tcp]\nlisten = \"{tcp}\"\n[log]\nlevel = \"warn\"\n",
                 peers.join(", "),
                 dir.path().join(&host.name).display()
             ),
@@ -163,8 +164,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cfg.bind = format!("127.77.1.{host}:0").parse().unwrap();
         Agent::builder().network(cfg).build()
     };
-    let alice = agent(&nodes[2], 1).await?;
-    let bob = agent(&nodes[5], 2).await?;
+    let alice = agent(&nodes[2], 1)?;
+    let bob = agent(&nodes[5], 2)?;
     alice.join_network().await?;
     bob.join_network().await?;
     println!(

@@ -62,11 +62,24 @@ pub enum Nat {
     RandomPort,
 }
 
+/// One delay/loss rule of [`Lab::netem`]: packets from `src` to `dst`
+/// (IPv4 prefixes like `198.18.3.0/24`) wait `delay_ms` and are dropped
+/// with probability `loss_pct` %.
+#[derive(Debug, Clone)]
+pub struct NetemRule {
+    pub src: String,
+    pub dst: String,
+    pub delay_ms: f64,
+    pub loss_pct: f64,
+}
+
 /// A namespace with one address.
 #[derive(Debug, Clone)]
 pub struct Host {
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its global IPv6 address, in a dual-stack lab ([`Lab::dual_stack`]).
+    pub addr6: Option<std::net::Ipv6Addr>,
 }
 
 /// A home router: NAT plus a firewall dropping unsolicited inbound packets.
@@ -171,15 +184,22 @@ pub struct Lab {
     next_link: u8,
     /// The internet router's namespace.
     pub wan: String,
+    /// The running `x0x-netem`, if any (index in `procs`).
+    netem_proc: Option<usize>,
+    /// Whether links get IPv6 too (see [`Lab::dual_stack`]).
+    ipv6: bool,
 }
 
 impl Lab {
-    /// Create a lab (its wan namespace). `None` when this machine cannot:
-    /// the test should then return, having printed why it skipped.
+    /// Create a lab (its wan namespace).
+    ///
+    /// When this machine cannot (not root, tools missing) the test fails
+    /// with the reason: a test that did not run must never count as
+    /// passed. Only with `X0X_SKIP_NETNS=1` set explicitly does this
+    /// return `None` (the test then returns, having printed `SKIPPED:`).
     pub fn new(test: &str) -> Option<Lab> {
         if let Err(why) = prerequisites() {
-            skipped(test, &why);
-            return None;
+            return cannot_run(test, &why);
         }
         remove_stale_namespaces();
         let n = LABS.fetch_add(1, Ordering::SeqCst);
@@ -199,15 +219,33 @@ impl Lab {
             procs: Vec::new(),
             next_link: 1,
             wan: String::new(),
+            netem_proc: None,
+            ipv6: false,
         };
         let wan = lab.ns_name("wan");
         if let Err(why) = lab.try_add_namespace(&wan) {
-            skipped(test, &format!("ip netns add failed: {why}"));
-            return None;
+            return cannot_run(test, &format!("ip netns add failed: {why}"));
         }
         lab.wan = wan.clone();
         lab.sysctl(&wan, "net/ipv4/ip_forward", "1");
         Some(lab)
+    }
+
+    /// Give every link created from now on IPv6 as well: link `k` is
+    /// `2001:db8:0:<k>::/64` (wan `::1`, host or router `::2`), and LAN `j`
+    /// behind router `k` is `2001:db8:<k>:<j>::/64`, routed to the router
+    /// without NAT; routers keep a stateful IPv6 firewall (only traffic of
+    /// flows started inside comes in), like home routers do.
+    pub fn dual_stack(&mut self) {
+        self.ipv6 = true;
+        let wan = self.wan.clone();
+        self.sysctl(&wan, "net/ipv6/conf/all/forwarding", "1");
+    }
+
+    fn ip6tables(&self, ns: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", ns, "ip6tables", "-w"];
+        full.extend_from_slice(args);
+        self.ip(&full)
     }
 
     /// Every namespace this lab created so far.
@@ -231,6 +269,12 @@ impl Lab {
         }
         self.namespaces.push(name.to_string());
         self.ip(&["-n", name, "link", "set", "lo", "up"]);
+        // No duplicate address detection: link-local addresses (which
+        // neighbour discovery and routers use) work at once, not after a
+        // second in which IPv6 silently drops packets.
+        for scope in ["default", "all"] {
+            self.sysctl(name, &format!("net/ipv6/conf/{scope}/accept_dad"), "0");
+        }
         Ok(())
     }
 
@@ -252,6 +296,45 @@ impl Lab {
     /// Connect namespace `ns` (interface `ifname`) to the wan on a new
     /// link; returns (link, address of `ns`).
     fn attach_to_wan(&mut self, ns: &str, ifname: &str) -> (u8, Ipv4Addr) {
+        let (k, addr) = self.attach_to_wan4(ns, ifname);
+        if self.ipv6 {
+            let wan = self.wan.clone();
+            let wside = format!("w{k}");
+            self.ip(&[
+                "-n",
+                &wan,
+                "addr",
+                "add",
+                &format!("2001:db8:0:{k:x}::1/64"),
+                "dev",
+                &wside,
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("2001:db8:0:{k:x}::2/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:0:{k:x}::1"),
+            ]);
+        }
+        (k, addr)
+    }
+
+    fn attach_to_wan4(&mut self, ns: &str, ifname: &str) -> (u8, Ipv4Addr) {
         let k = self.new_link();
         let wan = self.wan.clone();
         let wside = format!("w{k}");
@@ -295,8 +378,11 @@ impl Lab {
     /// A host with a public address on the wan.
     pub fn public_host(&mut self, role: &str) -> Host {
         let ns = self.namespace(role);
-        let (_, addr) = self.attach_to_wan(&ns, "eth0");
-        Host { ns, addr }
+        let (k, addr) = self.attach_to_wan(&ns, "eth0");
+        let addr6 = self
+            .ipv6
+            .then(|| format!("2001:db8:0:{k:x}::2").parse().expect("valid"));
+        Host { ns, addr, addr6 }
     }
 
     /// A home router on the wan: NAT on `wan0`, and a firewall that drops
@@ -340,6 +426,43 @@ impl Lab {
                 ],
             );
             self.iptables(&ns, &["-A", chain, "-i", "wan0", "-j", "DROP"]);
+        }
+        if self.ipv6 {
+            self.sysctl(&ns, "net/ipv6/conf/all/forwarding", "1");
+            // A stateful IPv6 firewall, no NAT: LAN hosts keep their addresses.
+            for chain in ["FORWARD", "INPUT"] {
+                self.ip6tables(
+                    &ns,
+                    &[
+                        "-A",
+                        chain,
+                        "-i",
+                        "wan0",
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "ESTABLISHED,RELATED",
+                        "-j",
+                        "ACCEPT",
+                    ],
+                );
+                self.ip6tables(
+                    &ns,
+                    &["-A", chain, "-i", "wan0", "-p", "ipv6-icmp", "-j", "ACCEPT"],
+                );
+                self.ip6tables(&ns, &["-A", chain, "-i", "wan0", "-j", "DROP"]);
+            }
+            let wan = self.wan.clone();
+            self.ip(&[
+                "-n",
+                &wan,
+                "-6",
+                "route",
+                "add",
+                &format!("2001:db8:{link:x}::/48"),
+                "via",
+                &format!("2001:db8:0:{link:x}::2"),
+            ]);
         }
         Router {
             ns,
@@ -390,7 +513,42 @@ impl Lab {
             "via",
             &format!("10.{k}.{j}.1"),
         ]);
-        Host { ns, addr }
+        let addr6 = if self.ipv6 {
+            self.ip(&[
+                "-n",
+                &router.ns,
+                "addr",
+                "add",
+                &format!("2001:db8:{k:x}:{j:x}::1/64"),
+                "dev",
+                &rside,
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("2001:db8:{k:x}:{j:x}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                &ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:{k:x}:{j:x}::1"),
+            ]);
+            Some(format!("2001:db8:{k:x}:{j:x}::2").parse().expect("valid"))
+        } else {
+            None
+        };
+        Host { ns, addr, addr6 }
     }
 
     /// Give `router` a new public address and remove the old one: like a
@@ -433,6 +591,89 @@ impl Lab {
         ]);
         router.public = new;
         new
+    }
+
+    /// Drop every packet the wan would forward from `src` to `dst` (an
+    /// "internet" between two homes that blocks their direct UDP).
+    pub fn block(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let (s, d) = (src.to_string(), dst.to_string());
+        self.iptables(
+            &self.wan,
+            &["-I", "FORWARD", "1", "-s", &s, "-d", &d, "-j", "DROP"],
+        );
+    }
+
+    /// Lift a [`Self::block`].
+    pub fn unblock(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let (s, d) = (src.to_string(), dst.to_string());
+        self.iptables(
+            &self.wan,
+            &["-D", "FORWARD", "-s", &s, "-d", &d, "-j", "DROP"],
+        );
+    }
+
+    /// Delay (and drop a share of) packets the wan forwards, per pair of
+    /// address prefixes: the kernel here has no `sch_netem`, so a
+    /// user-space NFQUEUE daemon (`x0x-netem`, in this crate) holds each
+    /// packet's verdict for the delay of the first matching rule. Calling
+    /// it again replaces the rules.
+    pub fn netem(&mut self, rules: &[NetemRule]) {
+        if let Some(i) = self.netem_proc.take() {
+            self.procs[i].kill();
+        } else {
+            let wan = self.wan.clone();
+            self.iptables(
+                &wan,
+                &[
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "FORWARD",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "7",
+                    "--queue-bypass",
+                ],
+            );
+        }
+        let mut args = vec!["--queue".to_string(), "7".to_string()];
+        for r in rules {
+            args.push("--rule".into());
+            args.push(format!("{},{},{},{}", r.src, r.dst, r.delay_ms, r.loss_pct));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let bin = crate::bin("x0x-netem").display().to_string();
+        let wan = self.wan.clone();
+        let i = self.spawn(&wan, "netem", &bin, &args, &[]);
+        assert!(
+            self.procs[i]
+                .wait_line(Duration::from_secs(10), |l| l == "ready")
+                .is_some(),
+            "{}: x0x-netem did not start: {}",
+            self.test,
+            self.procs[i].log_tail(10)
+        );
+        self.netem_proc = Some(i);
+    }
+
+    /// Delay every packet to and from `addr` by `ms` each way.
+    pub fn delay(&mut self, addr: Ipv4Addr, ms: u32) {
+        let me = format!("{addr}/32");
+        self.netem(&[
+            NetemRule {
+                src: me.clone(),
+                dst: "0.0.0.0/0".into(),
+                delay_ms: ms as f64,
+                loss_pct: 0.0,
+            },
+            NetemRule {
+                src: "0.0.0.0/0".into(),
+                dst: me,
+                delay_ms: ms as f64,
+                loss_pct: 0.0,
+            },
+        ]);
     }
 
     /// `ip ARGS`, which must succeed.
@@ -527,6 +768,11 @@ impl Lab {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, program])
             .args(args)
+            // X0X_TRACE=<filter> turns on tracing of the commands a test runs.
+            .env(
+                "RUST_LOG",
+                std::env::var("X0X_TRACE").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap())
@@ -554,7 +800,16 @@ impl Lab {
 
     /// Dump what helps to debug a failure: the tail of every process log,
     /// and each namespace's addresses, routes and firewall counters.
+    /// `X0X_LAB_LOGS=<dir>` also copies every whole process log there.
     fn dump(&self) {
+        if let Ok(dir) = std::env::var("X0X_LAB_LOGS") {
+            let dir = std::path::Path::new(&dir).join(self.test.replace("::", "-"));
+            let _ = std::fs::create_dir_all(&dir);
+            for p in &self.procs {
+                let _ = std::fs::copy(&p.log, dir.join(format!("{}.log", p.name)));
+            }
+            eprintln!("---- whole process logs in {} ----", dir.display());
+        }
         for p in &self.procs {
             eprintln!("---- {} ({}) stdout ----", p.name, p.ns);
             for l in p.lines().iter().rev().take(20).rev() {
@@ -581,6 +836,13 @@ impl Lab {
                 show(&["-n", ns, "route"]),
                 show(&["netns", "exec", ns, "iptables", "-w", "-S", "-v"])
             );
+            if self.ipv6 {
+                eprintln!(
+                    "{}{}",
+                    show(&["-n", ns, "-6", "route"]),
+                    show(&["netns", "exec", ns, "ip6tables", "-w", "-S", "-v"])
+                );
+            }
         }
     }
 }
@@ -643,11 +905,19 @@ fn remove_stale_namespaces() {
     }
 }
 
-/// Say that `test` skipped, on stderr itself: libtest captures `eprintln!`
-/// of passing tests, and a skip must be visible.
-fn skipped(test: &str, why: &str) {
-    let line = format!("SKIPPED: {test}: needs root and ip netns ({why})\n");
-    std::io::stderr().write_all(line.as_bytes()).ok();
+/// A network-namespace test cannot run here: fail, unless skipping was
+/// asked for explicitly (`X0X_SKIP_NETNS=1`). A skip is written to stderr
+/// itself (libtest captures `eprintln!` of passing tests) so it is seen.
+fn cannot_run<T>(test: &str, why: &str) -> Option<T> {
+    if std::env::var("X0X_SKIP_NETNS").as_deref() == Ok("1") {
+        let line = format!("SKIPPED: {test}: needs root and ip netns ({why}); X0X_SKIP_NETNS=1\n");
+        std::io::stderr().write_all(line.as_bytes()).ok();
+        return None;
+    }
+    panic!(
+        "NOT RUN: {test} needs root, iproute2 and iptables ({why}); run the suite as root \
+         (scripts/test.sh), or set X0X_SKIP_NETNS=1 to skip the network-namespace tests explicitly"
+    );
 }
 
 fn prerequisites() -> Result<(), String> {
