@@ -67,7 +67,7 @@ case "$cmd" in
     started=$(date +%s)
     cargo fmt --manifest-path fuzz/Cargo.toml -- --check
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
-      cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --features gen --all-targets -- -D warnings
+      cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --all-targets -- -D warnings
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
       cargo test --manifest-path fuzz/Cargo.toml --no-default-features --test replay -- --nocapture
     echo "fuzz replay: $(( $(date +%s) - started )) s"
@@ -114,6 +114,8 @@ case "$cmd" in
     ;;
 
   gen)
+    # NOTE: corpus-gen speaks wire v1 and does not build against wire v2 yet
+    # (docs/FUZZING.md, "Wire v2"); this fails at the build until it is ported.
     # Loopback only; inside a network namespace of its own when possible.
     . scripts/isolated.sh
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \

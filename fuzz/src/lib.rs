@@ -18,12 +18,13 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use arbitrary::{Arbitrary, Unstructured};
 use x0x_proto::identity::PeerId;
-use x0x_proto::wire::{self, AgentRecord, Message, PeerKind, RoleSet};
+use x0x_proto::wire::{
+    self, AgentRecord, CircuitEnd, MeshLinkStatus, Message, NodeStatus, PeerInfo, PeerKind,
+    ReadLimits, Refusal, RoleSet,
+};
 
 /// A fuzz target: takes any bytes, panics on a property violation.
 pub type Target = fn(&[u8]);
@@ -39,19 +40,17 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pem", targets::pem),
 ];
 
-/// Drive a future that never waits on anything external (reading from an
-/// in-memory slice) to completion, without a runtime.
+/// Drive a future over an in-memory reader to completion. `wire::read_frame`
+/// bounds a started frame with `tokio::time::timeout`, so this needs a
+/// runtime with a timer: one current-thread runtime per thread, reused.
 pub fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    // An in-memory reader is always ready; bound the loop all the same so a
-    // future that does wait is a visible failure, not a hang.
-    for _ in 0..1_000_000 {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime");
     }
-    panic!("future over an in-memory reader did not complete");
+    RT.with(|rt| rt.block_on(f))
 }
 
 // --- structure-aware generation of every message kind -----------------------
@@ -108,9 +107,107 @@ impl From<&ArbRecord> for AgentRecord {
 }
 
 #[derive(Debug, Clone, Arbitrary)]
+pub struct ArbInfo {
+    peer: ArbPeerId,
+    addrs: Vec<ArbAddr>,
+    homes: Vec<ArbPeerId>,
+}
+
+impl From<&ArbInfo> for PeerInfo {
+    fn from(i: &ArbInfo) -> Self {
+        PeerInfo {
+            peer: (&i.peer).into(),
+            addrs: i.addrs.iter().map(SocketAddr::from).collect(),
+            homes: i.homes.iter().map(PeerId::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+pub enum ArbRefusal {
+    CoordinatorDisabled,
+    RelayDisabled,
+    NotRegistered,
+    UnknownPeer,
+    NotHere,
+    NoConsent,
+    RateLimited,
+    CircuitLimit(String),
+    BadAddress(String),
+    NotARequest,
+}
+
+impl From<&ArbRefusal> for Refusal {
+    fn from(r: &ArbRefusal) -> Self {
+        match r {
+            ArbRefusal::CoordinatorDisabled => Refusal::CoordinatorDisabled,
+            ArbRefusal::RelayDisabled => Refusal::RelayDisabled,
+            ArbRefusal::NotRegistered => Refusal::NotRegistered,
+            ArbRefusal::UnknownPeer => Refusal::UnknownPeer,
+            ArbRefusal::NotHere => Refusal::NotHere,
+            ArbRefusal::NoConsent => Refusal::NoConsent,
+            ArbRefusal::RateLimited => Refusal::RateLimited,
+            ArbRefusal::CircuitLimit(s) => Refusal::CircuitLimit(s.clone()),
+            ArbRefusal::BadAddress(s) => Refusal::BadAddress(s.clone()),
+            ArbRefusal::NotARequest => Refusal::NotARequest,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+pub struct ArbMeshLink {
+    addr: String,
+    peer_id: Option<ArbPeerId>,
+    connected: bool,
+    rtt_us: Option<u32>,
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+pub struct ArbStatus {
+    version: String,
+    uptime_s: u64,
+    roles: (bool, bool, bool),
+    agents: u32,
+    directory_agents: u32,
+    expected_peers: u32,
+    mesh: Vec<ArbMeshLink>,
+}
+
+fn roles(r: &(bool, bool, bool)) -> RoleSet {
+    RoleSet {
+        coordinator: r.0,
+        reflector: r.1,
+        relay: r.2,
+    }
+}
+
+impl From<&ArbStatus> for NodeStatus {
+    fn from(s: &ArbStatus) -> Self {
+        NodeStatus {
+            version: s.version.clone(),
+            uptime_s: s.uptime_s,
+            roles: roles(&s.roles),
+            agents: s.agents,
+            directory_agents: s.directory_agents,
+            expected_peers: s.expected_peers,
+            mesh: s
+                .mesh
+                .iter()
+                .map(|m| MeshLinkStatus {
+                    addr: m.addr.clone(),
+                    peer_id: m.peer_id.as_ref().map(PeerId::from),
+                    connected: m.connected,
+                    rtt_us: m.rtt_us,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Arbitrary)]
 pub enum ArbMessage {
     Hello {
-        node: bool,
+        kind: u8,
         incarnation: u64,
     },
     Welcome {
@@ -120,6 +217,7 @@ pub enum ArbMessage {
     },
     Register {
         addrs: Vec<ArbAddr>,
+        accept_relay: bool,
     },
     Registered {
         record: ArbRecord,
@@ -128,16 +226,48 @@ pub enum ArbMessage {
         peer: ArbPeerId,
     },
     Found {
-        record: Option<ArbRecord>,
+        info: Option<ArbInfo>,
     },
     Introduce {
         peer: ArbPeerId,
     },
-    Introduction {
-        record: ArbRecord,
+    Introduced {
+        info: ArbInfo,
+    },
+    OpenCircuit {
+        peer: ArbPeerId,
+    },
+    CircuitOpened {
+        peer: ArbPeerId,
+        cid: u64,
+    },
+    Vouch {
+        addr: ArbAddr,
+    },
+    VouchSent,
+    VouchProof {
+        nonce: [u8; 16],
+    },
+    Vouched {
+        addr: ArbAddr,
+    },
+    Status,
+    StatusReport {
+        status: ArbStatus,
     },
     Refused {
-        reason: String,
+        reason: ArbRefusal,
+    },
+    Introduction {
+        info: ArbInfo,
+    },
+    CircuitNotice {
+        peer: ArbPeerId,
+        cid: u64,
+    },
+    CircuitClosed {
+        cid: u64,
+        reason: u8,
     },
     DirectorySnapshot {
         records: Vec<ArbRecord>,
@@ -152,8 +282,12 @@ pub enum ArbMessage {
         peer: ArbPeerId,
     },
     ForwardIntroduction {
-        from: ArbRecord,
+        from: ArbInfo,
         to: ArbPeerId,
+    },
+    Ping,
+    Pong {
+        observed: Option<ArbAddr>,
     },
 }
 
@@ -163,65 +297,95 @@ fn records(r: &[ArbRecord]) -> Vec<AgentRecord> {
 
 impl ArbMessage {
     pub fn to_message(&self) -> Message {
+        use ArbMessage as A;
+        let addr = SocketAddr::from;
         match self {
-            Self::Hello { node, incarnation } => Message::Hello {
-                kind: if *node {
-                    PeerKind::Node
-                } else {
-                    PeerKind::Agent
+            A::Hello { kind, incarnation } => Message::Hello {
+                kind: match kind % 3 {
+                    0 => PeerKind::Node,
+                    1 => PeerKind::Agent,
+                    _ => PeerKind::Probe,
                 },
                 incarnation: *incarnation,
             },
-            Self::Welcome {
+            A::Welcome {
                 incarnation,
-                roles,
+                roles: r,
                 observed,
             } => Message::Welcome {
                 incarnation: *incarnation,
-                roles: RoleSet {
-                    coordinator: roles.0,
-                    reflector: roles.1,
-                    relay: roles.2,
+                roles: roles(r),
+                observed: observed.as_ref().map(addr),
+            },
+            A::Register {
+                addrs,
+                accept_relay,
+            } => Message::Register {
+                addrs: addrs.iter().map(addr).collect(),
+                accept_relay: *accept_relay,
+            },
+            A::Registered { record } => Message::Registered {
+                record: record.into(),
+            },
+            A::Lookup { peer } => Message::Lookup { peer: peer.into() },
+            A::Found { info } => Message::Found {
+                info: info.as_ref().map(PeerInfo::from),
+            },
+            A::Introduce { peer } => Message::Introduce { peer: peer.into() },
+            A::Introduced { info } => Message::Introduced { info: info.into() },
+            A::OpenCircuit { peer } => Message::OpenCircuit { peer: peer.into() },
+            A::CircuitOpened { peer, cid } => Message::CircuitOpened {
+                peer: peer.into(),
+                cid: *cid,
+            },
+            A::Vouch { addr: a } => Message::Vouch { addr: a.into() },
+            A::VouchSent => Message::VouchSent,
+            A::VouchProof { nonce } => Message::VouchProof { nonce: *nonce },
+            A::Vouched { addr: a } => Message::Vouched { addr: a.into() },
+            A::Status => Message::Status,
+            A::StatusReport { status } => Message::StatusReport {
+                status: status.into(),
+            },
+            A::Refused { reason } => Message::Refused {
+                reason: reason.into(),
+            },
+            A::Introduction { info } => Message::Introduction { info: info.into() },
+            A::CircuitNotice { peer, cid } => Message::CircuitNotice {
+                peer: peer.into(),
+                cid: *cid,
+            },
+            A::CircuitClosed { cid, reason } => Message::CircuitClosed {
+                cid: *cid,
+                reason: match reason % 4 {
+                    0 => CircuitEnd::Idle,
+                    1 => CircuitEnd::Lifetime,
+                    2 => CircuitEnd::Bytes,
+                    _ => CircuitEnd::PeerLeft,
                 },
-                observed: observed.as_ref().map(SocketAddr::from),
             },
-            Self::Register { addrs } => Message::Register {
-                addrs: addrs.iter().map(SocketAddr::from).collect(),
-            },
-            Self::Registered { record } => Message::Registered {
-                record: record.into(),
-            },
-            Self::Lookup { peer } => Message::Lookup { peer: peer.into() },
-            Self::Found { record } => Message::Found {
-                record: record.as_ref().map(AgentRecord::from),
-            },
-            Self::Introduce { peer } => Message::Introduce { peer: peer.into() },
-            Self::Introduction { record } => Message::Introduction {
-                record: record.into(),
-            },
-            Self::Refused { reason } => Message::Refused {
-                reason: reason.clone(),
-            },
-            Self::DirectorySnapshot { records: r } => Message::DirectorySnapshot {
+            A::DirectorySnapshot { records: r } => Message::DirectorySnapshot {
                 records: records(r),
             },
-            Self::DirectorySnapshotMore { records: r } => Message::DirectorySnapshotMore {
+            A::DirectorySnapshotMore { records: r } => Message::DirectorySnapshotMore {
                 records: records(r),
             },
-            Self::DirectoryUpsert { record } => Message::DirectoryUpsert {
+            A::DirectoryUpsert { record } => Message::DirectoryUpsert {
                 record: record.into(),
             },
-            Self::DirectoryRemove { peer } => Message::DirectoryRemove { peer: peer.into() },
-            Self::ForwardIntroduction { from, to } => Message::ForwardIntroduction {
+            A::DirectoryRemove { peer } => Message::DirectoryRemove { peer: peer.into() },
+            A::ForwardIntroduction { from, to } => Message::ForwardIntroduction {
                 from: from.into(),
                 to: to.into(),
+            },
+            A::Ping => Message::Ping,
+            A::Pong { observed } => Message::Pong {
+                observed: observed.as_ref().map(addr),
             },
         }
     }
 
-    /// The mirror's name for a message's kind. Exhaustive on purpose (see
-    /// above): it is also how the replay test counts which kinds the seed
-    /// corpus covers.
+    /// The name of a message's kind. Exhaustive on purpose (see above): a
+    /// new variant of `wire::Message` does not compile until it is mirrored.
     pub fn kind_of(m: &Message) -> &'static str {
         match m {
             Message::Hello { .. } => "Hello",
@@ -231,13 +395,26 @@ impl ArbMessage {
             Message::Lookup { .. } => "Lookup",
             Message::Found { .. } => "Found",
             Message::Introduce { .. } => "Introduce",
-            Message::Introduction { .. } => "Introduction",
+            Message::Introduced { .. } => "Introduced",
+            Message::OpenCircuit { .. } => "OpenCircuit",
+            Message::CircuitOpened { .. } => "CircuitOpened",
+            Message::Vouch { .. } => "Vouch",
+            Message::VouchSent => "VouchSent",
+            Message::VouchProof { .. } => "VouchProof",
+            Message::Vouched { .. } => "Vouched",
+            Message::Status => "Status",
+            Message::StatusReport { .. } => "StatusReport",
             Message::Refused { .. } => "Refused",
+            Message::Introduction { .. } => "Introduction",
+            Message::CircuitNotice { .. } => "CircuitNotice",
+            Message::CircuitClosed { .. } => "CircuitClosed",
             Message::DirectorySnapshot { .. } => "DirectorySnapshot",
             Message::DirectorySnapshotMore { .. } => "DirectorySnapshotMore",
             Message::DirectoryUpsert { .. } => "DirectoryUpsert",
             Message::DirectoryRemove { .. } => "DirectoryRemove",
             Message::ForwardIntroduction { .. } => "ForwardIntroduction",
+            Message::Ping => "Ping",
+            Message::Pong { .. } => "Pong",
         }
     }
 }
@@ -251,13 +428,26 @@ pub const MESSAGE_KINDS: &[&str] = &[
     "Lookup",
     "Found",
     "Introduce",
-    "Introduction",
+    "Introduced",
+    "OpenCircuit",
+    "CircuitOpened",
+    "Vouch",
+    "VouchSent",
+    "VouchProof",
+    "Vouched",
+    "Status",
+    "StatusReport",
     "Refused",
+    "Introduction",
+    "CircuitNotice",
+    "CircuitClosed",
     "DirectorySnapshot",
     "DirectorySnapshotMore",
     "DirectoryUpsert",
     "DirectoryRemove",
     "ForwardIntroduction",
+    "Ping",
+    "Pong",
 ];
 
 /// Check that a message the decoder produced encodes and decodes to itself.
@@ -272,7 +462,9 @@ fn assert_round_trip(msg: &Message) {
         // A decoded body was at most MAX_FRAME_LEN, and encoding is
         // canonical (never longer than what was decoded), so this is only
         // possible for generated messages.
-        Err(wire::WireError::TooLarge(n)) => assert!(n > wire::MAX_FRAME_LEN),
+        Err(wire::WireError::TooLarge { len, limit }) => {
+            assert!(len > limit && limit == msg.kind().max_len())
+        }
         Err(e) => panic!("encode failed with {e} for {msg:?}"),
     }
 }
@@ -281,7 +473,6 @@ pub mod targets {
     use super::*;
     use std::path::Path;
 
-    use bytes::Bytes;
     use x0x_bootstrap::config::{Config, ConfigError};
     use x0x_proto::identity::Identity;
     use x0x_proto::relay;
@@ -289,16 +480,27 @@ pub mod targets {
     /// Frames read off a byte stream, as a node reads a control or request
     /// stream: length prefix, limit, version, body.
     pub fn frame(data: &[u8]) {
-        let mut rest = data;
-        // A stream of at most |data| / 5 frames; bound it anyway.
+        // The first byte picks the stream's limits, as the node has one per
+        // stream: a request stream, what an agent reads, a mesh link.
+        let Some((&pick, mut rest)) = data.split_first() else {
+            return;
+        };
+        let limits = match pick % 3 {
+            0 => ReadLimits::REQUEST,
+            1 => ReadLimits::TO_AGENT,
+            _ => ReadLimits::MESH,
+        };
+        // A stream of at most |data| / 6 frames; bound it anyway.
         for _ in 0..4096 {
             let before = rest.len();
-            let result = block_on(wire::read_frame(&mut rest));
+            let result = block_on(wire::read_frame(&mut rest, &limits));
             let consumed = before - rest.len();
             match result {
                 Ok(Some(msg)) => {
-                    assert!(consumed > 4, "a frame has a prefix and a body");
-                    assert!(consumed - 4 <= wire::MAX_FRAME_LEN, "over the frame limit");
+                    assert!(consumed >= 6, "a frame has a header and a body");
+                    let body = consumed - 4;
+                    assert!(body <= limits.max_len, "over the stream's limit");
+                    assert!(body <= msg.kind().max_len(), "over the kind's limit");
                     assert_round_trip(&msg);
                     // Encoding is canonical: never longer than the frame read.
                     if let Ok(enc) = wire::encode(&msg) {
@@ -306,7 +508,7 @@ pub mod targets {
                     }
                 }
                 Ok(None) => {
-                    assert!(before < 4, "clean end with {before} bytes left");
+                    assert_eq!(before, 0, "clean end with {before} bytes left");
                     return;
                 }
                 Err(e) => {
@@ -314,8 +516,8 @@ pub mod targets {
                     let _ = e.close_code();
                     assert!(!e.label().is_empty());
                     assert!(!e.to_string().is_empty());
-                    if let wire::WireError::TooLarge(n) = e {
-                        assert!(n > wire::MAX_FRAME_LEN);
+                    if let wire::WireError::TooLarge { len, limit } = e {
+                        assert!(len > limit && limit <= limits.max_len);
                     }
                     return;
                 }
@@ -354,8 +556,8 @@ pub mod targets {
         for msg in &msgs {
             let frame = match wire::encode(msg) {
                 Ok(f) => f,
-                Err(wire::WireError::TooLarge(n)) => {
-                    assert!(n > wire::MAX_FRAME_LEN);
+                Err(wire::WireError::TooLarge { len, limit }) => {
+                    assert!(len > limit && limit == msg.kind().max_len());
                     continue;
                 }
                 Err(e) => panic!("encode failed with {e} for {msg:?}"),
@@ -370,43 +572,54 @@ pub mod targets {
             }
             // A frame cut short is an error, never a message or a clean end.
             let cut = &frame[..frame.len() - 1];
-            assert!(block_on(wire::read_frame(&mut &cut[..])).is_err());
+            assert!(block_on(wire::read_frame(&mut &cut[..], &ReadLimits::MESH)).is_err());
             stream.extend_from_slice(&frame);
             expected.push(msg.clone());
         }
         // The frames of one stream come out in order, then a clean end.
         let mut r = stream.as_slice();
         for msg in &expected {
-            let got = block_on(wire::read_frame(&mut r)).expect("reads");
+            let got = block_on(wire::read_frame(&mut r, &ReadLimits::MESH)).expect("reads");
             assert_eq!(got.as_ref(), Some(msg));
         }
-        assert!(matches!(block_on(wire::read_frame(&mut r)), Ok(None)));
+        assert!(matches!(
+            block_on(wire::read_frame(&mut r, &ReadLimits::MESH)),
+            Ok(None)
+        ));
     }
 
-    /// The relayed-datagram format: a peer id, then an opaque payload.
+    /// The raw relay data plane's packets (wire v2): relay packets (type
+    /// byte, 8-byte circuit id, opaque payload) and vouch packets.
     pub fn relay(data: &[u8]) {
-        let datagram = Bytes::copy_from_slice(data);
-        match relay::split(&datagram) {
-            Some((peer, payload)) => {
-                assert!(data.len() >= x0x_proto::identity::PEER_ID_LEN);
-                assert_eq!(
-                    relay::join(&peer, &payload),
-                    datagram,
-                    "join(split(d)) != d"
-                );
+        let Some(&first) = data.first() else {
+            return;
+        };
+        let _ = relay::is_x0x(first);
+        match relay::parse_relay(data) {
+            Some((cid, payload)) => {
+                assert_eq!(first, relay::TYPE_RELAY);
+                assert_eq!(payload.len(), data.len() - relay::RELAY_HEADER_LEN);
+                let mut again = relay::relay_header(cid).to_vec();
+                again.extend_from_slice(payload);
+                assert_eq!(again, data, "header(parse(p)) ++ payload != p");
+                // Rewriting the circuit id changes nothing else.
+                let mut moved = data.to_vec();
+                relay::set_relay_cid(&mut moved, cid ^ 0x5a5a);
+                let (c2, p2) = relay::parse_relay(&moved).expect("still a relay packet");
+                assert_eq!((c2, p2), (cid ^ 0x5a5a, payload));
             }
-            None => assert!(data.len() < x0x_proto::identity::PEER_ID_LEN),
+            None => assert!(data.len() < relay::RELAY_HEADER_LEN || first != relay::TYPE_RELAY),
         }
-        // And the other way: any peer and payload survive join then split.
-        if data.len() >= 32 {
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&data[..32]);
-            let peer = PeerId::from_bytes(id);
-            let payload = &data[32..];
-            let joined = relay::join(&peer, payload);
-            let (p, pl) = relay::split(&joined).expect("a joined datagram splits");
-            assert_eq!(p, peer);
-            assert_eq!(&pl[..], payload);
+        match relay::parse_vouch(data) {
+            Some(nonce) => assert_eq!(&relay::encode_vouch(&nonce)[..], data),
+            None => assert!(data.len() != relay::VOUCH_LEN || first != relay::TYPE_VOUCH),
+        }
+        // And the other way: any circuit id and payload survive.
+        if data.len() >= 8 {
+            let cid = u64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
+            let mut p = relay::relay_header(cid).to_vec();
+            p.extend_from_slice(&data[8..]);
+            assert_eq!(relay::parse_relay(&p), Some((cid, &data[8..])));
         }
     }
 
