@@ -8,7 +8,9 @@ use x0x_proto::addr::{PeerAddr, PeerSpec};
 /// The public x0x bootstrap nodes (QUIC/UDP 12000), as listed in
 /// `hosts/inventory.toml`; a test fails if the two drift apart. A node
 /// whose inventory entry has a `peer_id` is pinned (`PEERID@addr`): an
-/// agent then refuses a node at that address with another key.
+/// agent then refuses a node at that address with another key. A node
+/// with an `ipv6` address is listed under both families (one link per
+/// node: the other family is only probed, for the agent's address there).
 ///
 /// [`NetworkConfig::default()`] joins these. Tests and examples must never
 /// use them: they pass their own local peers.
@@ -141,24 +143,30 @@ mod tests {
         #[derive(Deserialize)]
         struct Node {
             ipv4: std::net::Ipv4Addr,
+            ipv6: Option<Ipv6Addr>,
             quic_port: u16,
             peer_id: Option<String>,
         }
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/hosts/inventory.toml");
         let text = std::fs::read_to_string(path).expect("hosts/inventory.toml is readable");
         let inventory: Inventory = toml::from_str(&text).expect("inventory parses");
+        // Both families of a node when its IPv6 address is known, IPv4 first.
         let from_inventory: Vec<String> = inventory
             .node
             .iter()
-            .map(|n| {
-                let addr = SocketAddr::new(n.ipv4.into(), n.quic_port);
-                match &n.peer_id {
-                    Some(id) => format!("{id}@{addr}"),
-                    None => addr.to_string(),
-                }
+            .flat_map(|n| {
+                let v4 = SocketAddr::new(n.ipv4.into(), n.quic_port);
+                let v6 = n.ipv6.map(|ip| SocketAddr::new(ip.into(), n.quic_port));
+                [Some(v4), v6]
+                    .into_iter()
+                    .flatten()
+                    .map(|addr| match &n.peer_id {
+                        Some(id) => format!("{id}@{addr}"),
+                        None => addr.to_string(),
+                    })
             })
             .collect();
-        assert_eq!(from_inventory.len(), 6);
+        assert_eq!(inventory.node.len(), 6);
         assert_eq!(DEFAULT_BOOTSTRAP_PEERS, from_inventory.as_slice());
         // The default network config is built from them (built, never dialed here).
         let cfg = NetworkConfig::default();

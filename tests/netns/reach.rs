@@ -225,3 +225,49 @@ fn netcheck_reports_udp_the_tcp_relay_and_the_mapping_in_each_topology() {
         "{blocked}"
     );
 }
+
+#[test]
+fn an_agent_behind_double_nat_through_a_carrier_grade_nat_connects_directly() {
+    let Some(mut lab) = Lab::new("reach::cgnat") else {
+        return;
+    };
+    let nodes = nodes(&mut lab, 2);
+    let n: Vec<&Node> = nodes.iter().collect();
+    // The carrier NAT maps endpoint-independently (RFC 6888 asks it to),
+    // and so does the home router behind it.
+    let mut carrier = lab.nat_router("cgn", Nat::PortPreserving);
+    let mut home_router = lab.nat_router_behind(&mut carrier, "ra", Nat::PortPreserving);
+    let a = lab.behind(&mut home_router, "a");
+    let (_rb, b) = home(&mut lab, "b", Nat::PortPreserving);
+
+    let check = netcheck(&lab, &a, "a-netcheck", &n);
+    assert_eq!(check["udp"], true, "{check}");
+    assert_eq!(check["mapping"], "endpoint-independent", "{check}");
+    assert_eq!(
+        check["ipv4"],
+        carrier.public.to_string(),
+        "the public address is not the carrier's: {check}"
+    );
+
+    let la = agents::listen(&mut lab, &a, "a", PORT, &n);
+    let ran = agents::connect_with(
+        &lab,
+        &b,
+        "b",
+        PORT,
+        &la.peer_id,
+        &n,
+        &["--settle-ms", "10000"],
+    );
+    let v = agents::connected(&ran, &la.peer_id);
+    eprintln!("{}: {v}", lab.test);
+    assert_eq!(
+        v["path"], "direct",
+        "double NAT, both endpoint-independent: {ran}"
+    );
+    let addr = last_direct_addr(&ran);
+    assert!(
+        addr.starts_with(&format!("{}:", carrier.public)),
+        "the direct path is not through the carrier's address: {addr:?}: {ran}"
+    );
+}

@@ -392,41 +392,7 @@ impl Lab {
     pub fn nat_router(&mut self, role: &str, nat: Nat) -> Router {
         let ns = self.namespace(role);
         let (link, public) = self.attach_to_wan(&ns, "wan0");
-        self.sysctl(&ns, "net/ipv4/ip_forward", "1");
-        // Keep a new address when the old one is removed (rebinding).
-        self.sysctl(&ns, "net/ipv4/conf/wan0/promote_secondaries", "1");
-        let mut masq = vec![
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "wan0",
-            "-j",
-            "MASQUERADE",
-        ];
-        if nat == Nat::RandomPort {
-            masq.push("--random");
-        }
-        self.iptables(&ns, &masq);
-        for chain in ["FORWARD", "INPUT"] {
-            self.iptables(
-                &ns,
-                &[
-                    "-A",
-                    chain,
-                    "-i",
-                    "wan0",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "ESTABLISHED,RELATED",
-                    "-j",
-                    "ACCEPT",
-                ],
-            );
-            self.iptables(&ns, &["-A", chain, "-i", "wan0", "-j", "DROP"]);
-        }
+        self.nat_and_firewall(&ns, nat);
         if self.ipv6 {
             self.sysctl(&ns, "net/ipv6/conf/all/forwarding", "1");
             // A stateful IPv6 firewall, no NAT: LAN hosts keep their addresses.
@@ -469,6 +435,111 @@ impl Lab {
             public,
             nat,
             link,
+            lans: 0,
+        }
+    }
+
+    /// NAT on `wan0` and a firewall dropping unsolicited inbound packets.
+    fn nat_and_firewall(&self, ns: &str, nat: Nat) {
+        let ns = ns.to_string();
+        self.sysctl(&ns, "net/ipv4/ip_forward", "1");
+        // Keep a new address when the old one is removed (rebinding).
+        self.sysctl(&ns, "net/ipv4/conf/wan0/promote_secondaries", "1");
+        let mut masq = vec![
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan0",
+            "-j",
+            "MASQUERADE",
+        ];
+        if nat == Nat::RandomPort {
+            masq.push("--random");
+        }
+        self.iptables(&ns, &masq);
+        for chain in ["FORWARD", "INPUT"] {
+            self.iptables(
+                &ns,
+                &[
+                    "-A",
+                    chain,
+                    "-i",
+                    "wan0",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
+            );
+            self.iptables(&ns, &["-A", chain, "-i", "wan0", "-j", "DROP"]);
+        }
+    }
+
+    /// A home router whose "internet" is the LAN of `carrier` (another
+    /// router): double NAT, as behind a carrier-grade NAT. Its `wan0`
+    /// gets an address in 100.64.0.0/10 (the shared address space carriers
+    /// use); its own LANs are 10.x.y.0/24 as usual. IPv4 only.
+    pub fn nat_router_behind(&mut self, carrier: &mut Router, role: &str, nat: Nat) -> Router {
+        let ns = self.namespace(role);
+        carrier.lans += 1;
+        let (k, j) = (carrier.link, carrier.lans);
+        assert!(j < 64, "too many routers behind one carrier");
+        let rside = format!("lan{j}");
+        self.ip(&[
+            "link",
+            "add",
+            &rside,
+            "netns",
+            &carrier.ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan0",
+            "netns",
+            &ns,
+        ]);
+        let net = format!("100.{}.{k}", 64 + j);
+        self.ip(&[
+            "-n",
+            &carrier.ns,
+            "addr",
+            "add",
+            &format!("{net}.1/24"),
+            "dev",
+            &rside,
+        ]);
+        self.ip(&["-n", &carrier.ns, "link", "set", &rside, "up"]);
+        let public: Ipv4Addr = format!("{net}.2").parse().expect("valid");
+        self.ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{public}/24"),
+            "dev",
+            "wan0",
+        ]);
+        self.ip(&["-n", &ns, "link", "set", "wan0", "up"]);
+        self.ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.1"),
+        ]);
+        self.nat_and_firewall(&ns, nat);
+        Router {
+            ns,
+            public,
+            nat,
+            link: self.new_link(),
             lans: 0,
         }
     }
