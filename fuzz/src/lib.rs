@@ -628,9 +628,6 @@ pub mod targets {
         let Ok(text) = std::str::from_utf8(data) else {
             return;
         };
-        if hits_known_env_filter_panic(text) {
-            return;
-        }
         let path = Path::new("fuzz.toml");
         match Config::parse(text, path) {
             Ok(config) => {
@@ -686,28 +683,6 @@ pub mod targets {
             }
             Err(e) => panic!("Config::parse returned a non-parse error: {e}"),
         }
-    }
-
-    /// KNOWN ISSUE, reported, not fixed here (docs/FUZZING.md, "Reported"):
-    /// tracing-subscriber 0.3.23 panics parsing a filter directive that has
-    /// leading whitespace and a non-ASCII character (`"info, é=debug"`):
-    /// `Directive::parse` walks `from.trim()` but slices `from` with those
-    /// offsets. `Config::validate` passes `log.level` to it, so
-    /// `Config::parse` panics. Skipped here so campaigns can go on; the input
-    /// is in `regressions-pending/config/`, replayed by the ignored test
-    /// `pending_regressions_do_not_panic`. Delete this guard with the fix.
-    pub fn hits_known_env_filter_panic(text: &str) -> bool {
-        let Ok(doc) = toml::from_str::<toml::Table>(text) else {
-            return false;
-        };
-        let level = doc
-            .get("log")
-            .and_then(|l| l.get("level"))
-            .and_then(|l| l.as_str());
-        level.is_some_and(|l| {
-            l.split(',')
-                .any(|d| d.trim_start().len() != d.len() && !d.is_ascii())
-        })
     }
 
     /// PEM key loading, and the PKCS#8 parser under it.

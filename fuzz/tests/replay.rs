@@ -159,17 +159,13 @@ fn recorded_traffic_decodes_and_covers_every_message_kind() {
     );
 }
 
-/// Known issue (reported to the lead, not fixed here: the fix is in
-/// `crates/x0x-bootstrap/src/config.rs`). A value that parses but fails
-/// validation should name the line that set it, as every TOML error does;
-/// `find_key_line` misses the line when the table header carries a comment
-/// (`[limits] # ...`), when the table is written inline
-/// (`limits = { ... }`), and names no line when the offending key was left at
-/// its default but another key set on a line made it invalid. Run with
-/// `cargo test --manifest-path fuzz/Cargo.toml --no-default-features -- --ignored`;
-/// un-ignore once config.rs finds keys from the parsed document's spans.
+/// Found by the `config` target: a value that parses but fails validation
+/// names the line that set it, as every TOML error does, also when the table
+/// header carries a comment (`[limits] # ...`), when the table is written
+/// inline (`limits = { ... }`), and when the key it names was left at its
+/// default but another key, set on a line, made it invalid. (`find_key_line`
+/// used to scan lines by hand and missed all three.)
 #[test]
-#[ignore = "known issue in x0x-bootstrap config.rs: validation errors without a line"]
 fn config_validation_errors_name_their_line() {
     use x0x_bootstrap::config::{Config, ConfigError};
     let cases: &[(&str, usize)] = &[
@@ -189,28 +185,4 @@ fn config_validation_errors_name_their_line() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-}
-
-/// Crash inputs whose fix is in code outside the fuzz crate and not applied
-/// yet (`fuzz/regressions-pending/<target>/`, see docs/FUZZING.md). Each must
-/// make the entry point panic today. Once fixed: move the files to
-/// `regressions/`, delete the guard in `targets::config`
-/// (`hits_known_env_filter_panic`) and this test.
-#[test]
-#[ignore = "known issue: tracing-subscriber 0.3.23 panics on `info, é=debug` (Config::parse)"]
-fn pending_regressions_do_not_panic() {
-    use x0x_bootstrap::config::Config;
-    let mut panicked = Vec::new();
-    for path in files(&root().join("regressions-pending").join("config")) {
-        let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
-        let result = std::panic::catch_unwind(|| Config::parse(&text, Path::new("n.toml")));
-        if result.is_err() {
-            panicked.push(path.display().to_string());
-        }
-    }
-    assert!(
-        panicked.is_empty(),
-        "Config::parse panics on:\n{}",
-        panicked.join("\n")
-    );
 }
