@@ -5,8 +5,8 @@
 #                                          on the stable toolchain (what scripts/test.sh runs)
 #   scripts/fuzz.sh run [TARGET] [SECONDS] a fixed-time libFuzzer campaign (nightly + cargo-fuzz),
 #                                          one target after the other; default: all, 300 s each
-#   scripts/fuzz.sh gen                    regenerate fuzz/seeds from real traffic (a node on
-#                                          127.0.0.1 driven by real clients) plus hand-made seeds
+#   scripts/fuzz.sh gen                    regenerate the generated seeds fuzz/seeds/*/sample-*
+#                                          (every message kind, by the real encoder)
 #   scripts/fuzz.sh cmin TARGET            minimize the working corpus fuzz/corpus/TARGET
 #   scripts/fuzz.sh list                   the targets
 #
@@ -114,19 +114,12 @@ case "$cmd" in
     ;;
 
   gen)
-    # NOTE: corpus-gen speaks wire v1 and does not build against wire v2 yet
-    # (docs/FUZZING.md, "Wire v2"); this fails at the build until it is ported.
-    # Loopback only; inside a network namespace of its own when possible.
-    . scripts/isolated.sh
+    # The generated seeds (fuzz/src/lib.rs, seed_files): one sample of every
+    # message kind by the real encoder, streams of them, relay packets. No
+    # network. The replay test seeds_are_current_and_cover_every_message_kind
+    # fails until the committed seeds match.
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
-      cargo build --manifest-path fuzz/Cargo.toml --no-default-features --features gen --bin corpus-gen
-    bin="${CARGO_TARGET_DIR:-$root/target}/debug/corpus-gen"
-    isolated "$bin $fuzz/seeds" || {
-      rc=$?
-      [ "$rc" = 125 ] || exit "$rc"
-      echo "no network namespace available; running on this host's loopback (127.0.0.1 only)"
-      "$bin" "$fuzz/seeds"
-    }
+      cargo run --manifest-path fuzz/Cargo.toml --no-default-features --features gen --bin seed-gen -- "$fuzz/seeds"
     ;;
 
   *)

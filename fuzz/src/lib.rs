@@ -450,6 +450,121 @@ pub const MESSAGE_KINDS: &[&str] = &[
     "Pong",
 ];
 
+// --- the seed corpus ---------------------------------------------------------
+//
+// One sample of every message kind, built by the real encoder (not recorded
+// bytes, which go stale when the wire format changes): `scripts/fuzz.sh gen`
+// writes them to `seeds/`, and the replay test
+// `seeds_are_current_and_cover_every_message_kind` checks that the committed
+// files are exactly what this produces today.
+
+/// A deterministic byte stream (splitmix64) to draw samples from.
+fn sample_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The first message of each kind that `ArbMessage` draws from
+/// `sample_bytes(0..)`, in `MESSAGE_KINDS` order. Deterministic.
+pub fn message_samples() -> Vec<Message> {
+    let mut found: Vec<Option<Message>> = vec![None; MESSAGE_KINDS.len()];
+    for seed in 0..1_000_000u64 {
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+        let bytes = sample_bytes(seed, 512);
+        let Ok(arb) = ArbMessage::arbitrary(&mut Unstructured::new(&bytes)) else {
+            continue;
+        };
+        let msg = arb.to_message();
+        let i = MESSAGE_KINDS
+            .iter()
+            .position(|k| *k == ArbMessage::kind_of(&msg))
+            .expect("MESSAGE_KINDS names every kind");
+        if found[i].is_none() && wire::encode(&msg).is_ok() {
+            found[i] = Some(msg);
+        }
+    }
+    found
+        .into_iter()
+        .zip(MESSAGE_KINDS)
+        .map(|(m, k)| m.unwrap_or_else(|| panic!("no {k} sample drawn")))
+        .collect()
+}
+
+/// The generated seed files, as (path under `seeds/`, contents):
+/// `decode/sample-KIND` (a frame body), `frame/sample-KIND` (the stream-limits
+/// byte, then the frame), `frame/sample-stream-{request,agent,mesh}` (every
+/// sample within that stream type's limit, in one stream), and `relay/sample-*`
+/// (relay packets with empty, short and QUIC-sized payloads, a vouch packet,
+/// a short header and a QUIC long-header packet).
+pub fn seed_files() -> Vec<(String, Vec<u8>)> {
+    use x0x_proto::relay;
+    let mut out = Vec::new();
+    let samples = message_samples();
+    let limits = [
+        ("request", 0u8, ReadLimits::REQUEST),
+        ("agent", 1, ReadLimits::TO_AGENT),
+        ("mesh", 2, ReadLimits::MESH),
+    ];
+    let mut streams: Vec<Vec<u8>> = limits.iter().map(|(_, b, _)| vec![*b]).collect();
+    for msg in &samples {
+        let kind = ArbMessage::kind_of(msg);
+        let frame = wire::encode(msg).expect("samples encode");
+        out.push((format!("decode/sample-{kind}"), frame[4..].to_vec()));
+        let body = frame.len() - 4;
+        // The first stream type whose limit admits it (what the frame target
+        // picks by the first byte).
+        let (_, pick, _) = limits
+            .iter()
+            .find(|(_, _, l)| body <= l.max_len)
+            .expect("a sample fits the mesh limit");
+        let mut f = vec![*pick];
+        f.extend_from_slice(&frame);
+        out.push((format!("frame/sample-{kind}"), f));
+        for ((_, _, l), stream) in limits.iter().zip(&mut streams) {
+            if body <= l.max_len {
+                stream.extend_from_slice(&frame);
+            }
+        }
+    }
+    for ((name, _, _), stream) in limits.iter().zip(streams) {
+        out.push((format!("frame/sample-stream-{name}"), stream));
+    }
+    let quic = sample_bytes(u64::MAX, 1200);
+    for (name, cid, payload) in [
+        ("relay-empty", 1u64, &[][..]),
+        ("relay-short", 0x0102_0304_0506_0708, &quic[..40]),
+        ("relay-quic-1200", u64::MAX, &quic[..]),
+    ] {
+        let mut p = relay::relay_header(cid).to_vec();
+        p.extend_from_slice(payload);
+        out.push((format!("relay/sample-{name}"), p));
+    }
+    let nonce: [u8; 16] = quic[..16].try_into().expect("16 bytes");
+    out.push((
+        "relay/sample-vouch".into(),
+        relay::encode_vouch(&nonce).to_vec(),
+    ));
+    out.push((
+        "relay/sample-short-header".into(),
+        relay::relay_header(7)[..relay::RELAY_HEADER_LEN - 1].to_vec(),
+    ));
+    let mut long = quic[..64].to_vec();
+    long[0] = 0xc0;
+    out.push(("relay/sample-quic-long-header".into(), long));
+    out
+}
+
 /// Check that a message the decoder produced encodes and decodes to itself.
 fn assert_round_trip(msg: &Message) {
     match wire::encode(msg) {

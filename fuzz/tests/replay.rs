@@ -1,5 +1,6 @@
 //! Replays every committed fuzz input through its target on the stable
-//! toolchain: `seeds/<target>/` (real traffic, configs, keys),
+//! toolchain: `seeds/<target>/` (generated samples of every message kind,
+//! hand-made inputs, configs, keys),
 //! `regressions/<target>/` (minimized crashes, once fixed) and, when a
 //! campaign has left one, the working corpus `corpus/<target>/`.
 //!
@@ -9,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use x0x_fuzz::{ArbMessage, MESSAGE_KINDS, TARGETS};
+use x0x_fuzz::{ArbMessage, MESSAGE_KINDS, TARGETS, seed_files};
 
 /// The longest one input may take (debug build). Every committed input takes
 /// milliseconds; a slow parse is a bug (libFuzzer reports it as a timeout).
@@ -123,40 +124,47 @@ fn replay_pem() {
     replay("pem");
 }
 
-/// The recorded traffic still speaks the current wire format: every frame
-/// body the generator captured decodes, and together they cover every
-/// message kind. (If the format changed on purpose, regenerate the seeds
-/// with `scripts/fuzz.sh gen`.)
+/// The generated seeds are current: `seeds/decode/sample-*` holds one frame
+/// body of every message kind, each decodes with today's wire format to a
+/// message of the kind its name says, and every generated seed file
+/// (`x0x_fuzz::seed_files`) is committed byte for byte. (After a wire change:
+/// `scripts/fuzz.sh gen`, then commit the seeds.)
 #[test]
-#[ignore = "seeds were recorded with wire v1; port corpus-gen to wire v2 and regenerate (docs/FUZZING.md)"]
-fn recorded_traffic_decodes_and_covers_every_message_kind() {
+fn seeds_are_current_and_cover_every_message_kind() {
     let mut seen = std::collections::BTreeSet::new();
-    let mut stale = Vec::new();
+    let mut wrong = Vec::new();
     for path in files(&root().join("seeds").join("decode")) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("traffic-") {
+        let Some(kind) = name.strip_prefix("sample-") else {
             continue;
-        }
+        };
         match x0x_proto::wire::decode(&std::fs::read(&path).unwrap()) {
-            Ok(m) => {
-                seen.insert(ArbMessage::kind_of(&m));
+            Ok(m) if ArbMessage::kind_of(&m) == kind => {
+                seen.insert(kind.to_string());
             }
-            Err(e) => stale.push(format!("{name}: {e}")),
+            Ok(m) => wrong.push(format!("{name}: decodes to a {}", ArbMessage::kind_of(&m))),
+            Err(e) => wrong.push(format!("{name}: {e}")),
+        }
+    }
+    for (rel, want) in seed_files() {
+        match std::fs::read(root().join("seeds").join(&rel)) {
+            Ok(have) if have == want => {}
+            Ok(_) => wrong.push(format!(
+                "seeds/{rel}: differs from what the generator makes"
+            )),
+            Err(e) => wrong.push(format!("seeds/{rel}: {e}")),
         }
     }
     assert!(
-        stale.is_empty(),
-        "recorded frames no longer decode (wire format changed? run scripts/fuzz.sh gen):\n{}",
-        stale.join("\n")
+        wrong.is_empty(),
+        "stale seeds (run scripts/fuzz.sh gen):\n{}",
+        wrong.join("\n")
     );
     let missing: Vec<_> = MESSAGE_KINDS
         .iter()
-        .filter(|k| !seen.contains(*k))
+        .filter(|k| !seen.contains(**k))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "recorded traffic has no {missing:?} frame"
-    );
+    assert!(missing.is_empty(), "no seed of kind {missing:?}");
 }
 
 /// Found by the `config` target: a value that parses but fails validation
