@@ -72,13 +72,13 @@ isolated "echo \"interfaces in this namespace: \$(ip -o link show | cut -d: -f2 
 step "fuzz corpus replay (stable toolchain; docs/FUZZING.md)"
 scripts/fuzz.sh replay
 
+step "monitoring: promtool check/test rules, dashboard schema (docs/MONITORING.md)"
+scripts/check-monitoring.sh
+
 if [ "$quick" = 1 ]; then
   step "done (quick)"
   exit 0
 fi
-
-step "monitoring: promtool check/test rules, dashboard schema (docs/MONITORING.md)"
-scripts/check-monitoring.sh
 
 if [ -x scripts/bench-quick.sh ]; then
   step "benchmark, quick mode"
