@@ -552,7 +552,8 @@ fn table_at(text: &str, line: usize) -> Option<String> {
     text.lines()
         .take(line)
         .filter_map(|l| l.trim().strip_prefix('['))
-        .map(|h| h.trim_end_matches(']').trim().to_string())
+        // `[limits] # comment`: the name ends at the first `]`.
+        .map(|h| h.split(']').next().unwrap_or_default().trim().to_string())
         .last()
         .filter(|_| {
             !text
@@ -760,6 +761,11 @@ format = "json"
                 other => panic!("{text:?}: {other:?}"),
             }
         }
+        // A TOML type error under a commented header names the table plainly.
+        let err = parse("[limits] # connection limits\nmax_connections = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("node.toml:2: in [limits]: "), "{err}");
     }
 
     #[test]
