@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The release binaries x0x-bootstrap and x0x, built the way crane's sandbox builds them:
+# every build-specific path (the source tree, the crate sources, CARGO_HOME) remapped to a
+# fixed /build/... prefix, SOURCE_DATE_EPOCH=0. Two such builds of the same sources give
+# the same bytes wherever they run, which scripts/check-nix.sh checks by comparing this
+# build with a vendored, offline one from another directory.
+#
+#   scripts/release-build.sh              build in this tree (target/repro), print that directory
+#   scripts/release-build.sh --in DIR     DIR holds a copy of the tree with ./vendor (cargo vendor
+#                                         --versioned-dirs) and vendor.toml (its source
+#                                         replacement): build there offline, with an empty
+#                                         CARGO_HOME, so only ./vendor can supply a crate
+#
+# scripts/check-systemd.sh runs the binaries of the first form under systemd.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+tree=$(cd "$here/.." && pwd)
+vendored=0
+if [ "${1:-}" = --in ]; then
+  tree=$(cd "$2" && pwd)
+  vendored=1
+fi
+cd "$tree"
+
+crates=(-p x0x-bootstrap -p x0x-cli)
+target=$tree/target/repro
+maps=("$tree=/build/source")
+if [ $vendored = 1 ]; then
+  home=$tree/.cargo-home-empty
+  mkdir -p "$home"
+  maps+=("$tree/vendor=/build/vendor" "$home=/build/cargo-home")
+else
+  home=${CARGO_HOME:-$HOME/.cargo}
+  # Crates from the registry live in $CARGO_HOME/registry/src/<index>/<name>-<version>,
+  # vendored ones in vendor/<name>-<version>: both become /build/vendor/<name>-<version>.
+  for src in "$home"/registry/src/*/; do maps+=("${src%/}=/build/vendor"); done
+  maps+=("$home=/build/cargo-home")
+fi
+
+rustflags='' cflags=''
+for m in "${maps[@]}"; do
+  rustflags+=" --remap-path-prefix=$m"
+  cflags+=" -ffile-prefix-map=$m"
+done
+
+args=(build --locked --release --quiet "${crates[@]}" --target-dir "$target")
+[ $vendored = 0 ] || args+=(--offline --config "$tree/vendor.toml")
+CARGO_HOME=$home RUSTFLAGS="${rustflags# }" CFLAGS="${cflags# }" CXXFLAGS="${cflags# }" SOURCE_DATE_EPOCH=0 \
+  nice -n 10 cargo "${args[@]}"
+echo "$target/release"
