@@ -34,7 +34,15 @@ else
   home=${CARGO_HOME:-$HOME/.cargo}
   # Crates from the registry live in $CARGO_HOME/registry/src/<index>/<name>-<version>,
   # vendored ones in vendor/<name>-<version>: both become /build/vendor/<name>-<version>.
-  for src in "$home"/registry/src/*/; do maps+=("${src%/}=/build/vendor"); done
+  # Only the index directories this build's crates are in (others come and go with other
+  # cargo versions, and would change RUSTFLAGS, hence every fingerprint).
+  while IFS= read -r src; do maps+=("$src=/build/vendor"); done < <(
+    CARGO_HOME=$home cargo metadata --locked --format-version 1 | python3 -c '
+import json, os, sys
+home = os.path.realpath(sys.argv[1]) + "/registry/src/"
+dirs = {os.path.dirname(os.path.dirname(p["manifest_path"])) for p in json.load(sys.stdin)["packages"]}
+print("
+".join(sorted(d for d in dirs if d.startswith(home))))' "$home")
   maps+=("$home=/build/cargo-home")
 fi
 
