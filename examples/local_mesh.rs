@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use x0x::agent::PathKind;
+use x0x::PathKind;
 use x0x::{Agent, NetworkConfig};
 
 #[derive(Deserialize)]
@@ -163,8 +163,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cfg.bind = format!("127.77.1.{host}:0").parse().unwrap();
         Agent::builder().network(cfg).build()
     };
-    let alice = agent(&nodes[2], 1).await?;
-    let bob = agent(&nodes[5], 2).await?;
+    let alice = agent(&nodes[2], 1)?;
+    let bob = agent(&nodes[5], 2)?;
     alice.join_network().await?;
     bob.join_network().await?;
     println!(

@@ -21,6 +21,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v ip >/dev/null || need+=(iproute2)
   command -v iptables >/dev/null || need+=(iptables)
+  command -v tc >/dev/null || need+=(iproute2)
   command -v unshare >/dev/null || need+=(util-linux)
   command -v nix-instantiate >/dev/null || need+=(nix-bin)
   command -v shellcheck >/dev/null || need+=(shellcheck)
@@ -32,6 +33,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 else
   echo "not root or no apt-get: assuming iproute2, iptables and nix-bin are installed"
 fi
+# The network-namespace tests need root. They fail rather than pass
+# silently when they cannot run; X0X_SKIP_NETNS=1 skips them on purpose.
+if [ "$(id -u)" != 0 ] && [ "${X0X_SKIP_NETNS:-}" != 1 ]; then
+  echo "error: not root: the network-namespace tests cannot run." >&2
+  echo "       Run as root, or set X0X_SKIP_NETNS=1 to skip them explicitly (reported as NOT RUN)." >&2
+  exit 1
+fi
+[ "${X0X_SKIP_NETNS:-}" = 1 ] && echo "NOT RUN: network-namespace tests (X0X_SKIP_NETNS=1)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -3,10 +3,12 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-pub use x0x_proto::addr::{PeerAddr, canonical};
+use x0x_proto::addr::PeerSpec;
 
 /// The public x0x bootstrap nodes (QUIC/UDP 12000), as listed in
-/// `hosts/inventory.toml`; a test fails if the two drift apart.
+/// `hosts/inventory.toml`; a test fails if the two drift apart. A node
+/// whose inventory entry has a `peer_id` is pinned (`PEERID@addr`): an
+/// agent then refuses a node at that address with another key.
 ///
 /// [`NetworkConfig::default()`] joins these. Tests and examples must never
 /// use them: they pass their own local peers.
@@ -20,18 +22,30 @@ pub const DEFAULT_BOOTSTRAP_PEERS: &[&str] = &[
 ];
 
 /// How an [`crate::Agent`] reaches the network.
+///
+/// Build one with [`NetworkConfig::default()`] (the public bootstrap
+/// nodes) or [`NetworkConfig::with_bootstrap_peers`], then adjust fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NetworkConfig {
-    /// Bootstrap nodes to join through.
-    pub bootstrap_peers: Vec<PeerAddr>,
-    /// Local UDP address for the agent's QUIC endpoint.
+    /// Bootstrap nodes to join through: `addr`, or `PEERID@addr` to accept
+    /// only the node holding that key.
+    pub bootstrap_peers: Vec<PeerSpec>,
+    /// Local UDP address for the agent's QUIC endpoint. `[::]:0` (the
+    /// default) falls back to `0.0.0.0:0` where IPv6 is disabled.
     pub bind: SocketAddr,
-    /// How long `join_network` keeps retrying before it reports failure.
+    /// How long `join_network` keeps trying before it reports failure.
     pub join_timeout: Duration,
-    /// QUIC keep-alive interval.
+    /// Once one node accepted our registration, how long `join_network`
+    /// still waits for the others before it returns (they keep joining in
+    /// the background).
+    pub join_grace: Duration,
+    /// QUIC keep-alive on links to bootstrap nodes (keeps NAT mappings open).
     pub keepalive: Duration,
-    /// A silent peer is considered gone after this long.
+    /// A bootstrap node silent for this long is considered gone.
     pub idle_timeout: Duration,
+    /// Consent to be reached through bootstrap nodes' relays.
+    pub accept_relay: bool,
 }
 
 impl Default for NetworkConfig {
@@ -48,14 +62,29 @@ impl Default for NetworkConfig {
 
 impl NetworkConfig {
     /// A configuration that joins the given bootstrap nodes.
-    pub fn with_bootstrap_peers(bootstrap_peers: Vec<PeerAddr>) -> Self {
+    pub fn with_bootstrap_peers(bootstrap_peers: Vec<PeerSpec>) -> Self {
         Self {
             bootstrap_peers,
             bind: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
             join_timeout: Duration::from_secs(10),
-            keepalive: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(8),
+            join_grace: Duration::from_millis(150),
+            keepalive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(40),
+            accept_relay: true,
         }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        if self.bootstrap_peers.is_empty() {
+            return Err("bootstrap_peers is empty");
+        }
+        if self.keepalive.is_zero() || self.keepalive >= self.idle_timeout {
+            return Err("keepalive must be above zero and below idle_timeout");
+        }
+        if self.join_grace > Duration::from_millis(200) {
+            return Err("join_grace is at most 200 ms");
+        }
+        Ok(())
     }
 }
 
@@ -75,6 +104,7 @@ mod tests {
         struct Node {
             ipv4: std::net::Ipv4Addr,
             quic_port: u16,
+            peer_id: Option<String>,
         }
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/hosts/inventory.toml");
         let text = std::fs::read_to_string(path).expect("hosts/inventory.toml is readable");
@@ -82,13 +112,20 @@ mod tests {
         let from_inventory: Vec<String> = inventory
             .node
             .iter()
-            .map(|n| SocketAddr::new(n.ipv4.into(), n.quic_port).to_string())
+            .map(|n| {
+                let addr = SocketAddr::new(n.ipv4.into(), n.quic_port);
+                match &n.peer_id {
+                    Some(id) => format!("{id}@{addr}"),
+                    None => addr.to_string(),
+                }
+            })
             .collect();
         assert_eq!(from_inventory.len(), 6);
         assert_eq!(DEFAULT_BOOTSTRAP_PEERS, from_inventory.as_slice());
         // The default network config is built from them (built, never dialed here).
         let cfg = NetworkConfig::default();
         let defaults: Vec<String> = cfg.bootstrap_peers.iter().map(|p| p.to_string()).collect();
+        assert!(cfg.validate().is_ok());
         assert_eq!(defaults, from_inventory);
     }
 }

@@ -7,7 +7,18 @@ use x0x_testkit as common;
 use std::time::Duration;
 
 use common::{Cluster, joined_agent};
-use x0x::agent::{ConnectOptions, PathKind};
+use x0x::{ConnectOptions, PathKind, PathPolicy, PeerConnection};
+
+/// Wait (a generous correctness bound) until the connection uses `want`.
+async fn wait_path(pc: &PeerConnection, want: PathKind) -> bool {
+    for _ in 0..100 {
+        if pc.path() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
 
 async fn echo_once(conn: &quinn::Connection, payload: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -17,9 +28,7 @@ async fn echo_once(conn: &quinn::Connection, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Serve one connection: echo each stream back.
-fn serve_echo(
-    agent: std::sync::Arc<x0x::Agent>,
-) -> tokio::task::JoinHandle<x0x::agent::PeerConnection> {
+fn serve_echo(agent: std::sync::Arc<x0x::Agent>) -> tokio::task::JoinHandle<PeerConnection> {
     tokio::spawn(async move {
         let pc = agent.accept().await.expect("an incoming connection");
         let conn = pc.connection().clone();
@@ -44,16 +53,18 @@ async fn agents_connect_directly_by_peer_id() {
     let server = serve_echo(b.clone());
 
     let pc = a.connect(b.peer_id()).await.unwrap();
-    assert_eq!(pc.path(), PathKind::Direct);
+    // It may start relayed; on loopback a direct path validates at once.
+    assert!(wait_path(&pc, PathKind::Direct).await, "{:?}", pc.paths());
     assert_eq!(pc.peer_id(), b.peer_id());
     assert_eq!(pc.via(), None);
-    assert_eq!(pc.connection().remote_address(), b.local_addr().unwrap());
+    let direct = pc.paths().into_iter().find(|p| p.selected).unwrap();
+    assert_eq!(direct.addr, b.local_addr().unwrap());
     let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     assert_eq!(echo_once(pc.connection(), &data).await, data);
 
     let accepted = server.await.unwrap();
     assert_eq!(accepted.peer_id(), a.peer_id());
-    assert_eq!(accepted.path(), PathKind::Direct);
+    assert!(wait_path(&accepted, PathKind::Direct).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,12 +79,10 @@ async fn agents_connect_through_the_relay_across_the_mesh() {
     let b = std::sync::Arc::new(b);
     let server = serve_echo(b.clone());
 
-    let opts = ConnectOptions {
-        allow_direct: false,
-        ..ConnectOptions::default()
-    };
+    let opts = ConnectOptions::default().paths(PathPolicy::RelayOnly);
     let pc = a.connect_with(b.peer_id(), opts).await.unwrap();
     assert_eq!(pc.path(), PathKind::Relayed);
+    // Only B's home can relay: it is the only node both are registered with.
     assert_eq!(pc.via(), Some(rb.connected[0].peer_id));
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
     assert_eq!(echo_once(pc.connection(), &data).await, data);
@@ -89,57 +98,73 @@ async fn agents_connect_through_the_relay_across_the_mesh() {
     assert!(relayed > 100.0, "only {relayed} datagrams relayed");
 }
 
-/// A user-space "NAT" for one client: forwards between `client` and
-/// `server` only, dropping everything else (like a symmetric NAT with
-/// address-and-port-dependent filtering).
-async fn filtering_proxy(bind: &str, server: std::net::SocketAddr) -> std::net::SocketAddr {
-    let sock = tokio::net::UdpSocket::bind(bind).await.unwrap();
-    let addr = sock.local_addr().unwrap();
+/// A user-space "NAT" for one client: listens on `front` (the client's
+/// side), talks to `server` from its own socket on `back`, and forwards
+/// only between the two (address-and-port-dependent filtering).
+async fn filtering_proxy(
+    front: &str,
+    back: &str,
+    server: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    let outside = tokio::net::UdpSocket::bind(front).await.unwrap();
+    let inside = tokio::net::UdpSocket::bind(back).await.unwrap();
+    inside.connect(server).await.unwrap();
+    let addr = outside.local_addr().unwrap();
+    let (outside, inside) = (std::sync::Arc::new(outside), std::sync::Arc::new(inside));
+    let client = std::sync::Arc::new(std::sync::Mutex::new(None));
+    {
+        let (outside, inside, client) = (outside.clone(), inside.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = outside.recv_from(&mut buf).await {
+                let mut c = client.lock().unwrap();
+                if c.is_none() || *c == Some(from) {
+                    *c = Some(from);
+                    let _ = inside.try_send(&buf[..n]);
+                } // anyone else: dropped
+            }
+        });
+    }
     tokio::spawn(async move {
-        let mut client = None;
         let mut buf = vec![0u8; 65536];
-        loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            if from == server {
-                if let Some(c) = client {
-                    let _ = sock.send_to(&buf[..n], c).await;
-                }
-            } else if client.is_none() || client == Some(from) {
-                client = Some(from);
-                let _ = sock.send_to(&buf[..n], server).await;
-            } // anyone else: dropped
+        while let Ok(n) = inside.recv(&mut buf).await {
+            let to = *client.lock().unwrap();
+            if let Some(c) = to {
+                let _ = outside.send_to(&buf[..n], c).await;
+            }
         }
     });
     addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_direct_fails_the_connection_falls_back_to_the_relay() {
+async fn when_direct_fails_the_connection_stays_on_the_relay() {
     let mut c = Cluster::full_mesh(73, 1, "");
     c.start_all();
     let (a, _) = joined_agent(73, 1, &[&c.nodes[0]]).await;
-    // B reaches the node only through the filtering proxy: the address the
-    // node observes (and tells A) is the proxy's, which drops A's packets.
-    let proxy = filtering_proxy("127.73.2.1:0", c.nodes[0].quic).await;
+    // B is IPv6-only (on ::1) and A IPv4-only, so no direct path exists.
+    // B reaches the node through a filtering proxy: the address the node
+    // observes (and tells A) is the proxy's, which drops A's packets.
+    let proxy = filtering_proxy("[::1]:0", "127.73.2.1:0", c.nodes[0].quic).await;
     let mut cfg = common::agent_network(73, 2, &[]);
     cfg.bootstrap_peers = vec![proxy.into()];
-    // Bound to the wildcard, B advertises no address of its own.
-    cfg.bind = "0.0.0.0:0".parse().unwrap();
-    let b = x0x::Agent::builder().network(cfg).build().await.unwrap();
+    cfg.bind = "[::1]:0".parse().unwrap();
+    let b = x0x::Agent::builder().network(cfg).build().unwrap();
     let joined = b.join_network().await.unwrap();
-    assert_eq!(joined.observed_addr, Some(proxy));
+    assert_eq!(
+        joined.observed_addr.map(|a| a.ip()),
+        Some("127.73.2.1".parse().unwrap())
+    );
     let b = std::sync::Arc::new(b);
     let server = serve_echo(b.clone());
 
-    let opts = ConnectOptions {
-        direct_timeout: Duration::from_millis(1500),
-        ..ConnectOptions::default()
-    };
-    let pc = a.connect_with(b.peer_id(), opts).await.unwrap();
+    let pc = a.connect(b.peer_id()).await.unwrap();
     assert_eq!(pc.path(), PathKind::Relayed);
     assert_eq!(echo_once(pc.connection(), b"ping").await, b"ping");
+    // Probing the direct candidate (the proxy) keeps failing: still relayed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pc.path(), PathKind::Relayed);
+    assert_eq!(echo_once(pc.connection(), b"pong").await, b"pong");
     assert_eq!(server.await.unwrap().path(), PathKind::Relayed);
 }
 
@@ -150,5 +175,9 @@ async fn connecting_to_an_unknown_peer_fails_clearly() {
     let (a, _) = joined_agent(74, 1, &[&c.nodes[0]]).await;
     let stranger = x0x::Identity::generate().unwrap().peer_id();
     let err = a.connect(stranger).await.unwrap_err();
+    assert!(
+        matches!(err, x0x::AgentError::NotFound(p) if p == stranger),
+        "{err}"
+    );
     assert!(err.to_string().contains(&stranger.to_string()), "{err}");
 }

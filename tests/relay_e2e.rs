@@ -1,180 +1,183 @@
 //! What a relay can and cannot do to relayed agent traffic.
 //!
-//! Here the test itself is the relay: two agent endpoints on `MuxSocket`s
-//! exchange their QUIC packets only through this test, which sees exactly
-//! the bytes a relay node forwards. It looks for the plaintext, flips bits,
-//! injects fabricated packets and replays old ones. The agents' QUIC
-//! connection must deliver the data intact regardless, because every
-//! packet is authenticated and encrypted end to end and replays are
-//! rejected by packet number.
+//! Agent B reaches the (real) bootstrap node only through a UDP proxy in
+//! this test, so every relay packet to and from B passes through code that
+//! sees exactly the bytes a relay node forwards. The proxy looks for the
+//! plaintext, flips bits, injects fabricated packets and replays old ones.
+//! The agents' QUIC connection must deliver the data intact regardless:
+//! every packet is encrypted and authenticated end to end (between A and
+//! B, not with the node), and replays are rejected by packet number.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{Mutex, mpsc};
-use x0x::mux_socket::{MuxSocket, RelayedPacket};
-use x0x_proto::identity::{Identity, PeerId};
-use x0x_proto::transport::{self, TransportOptions};
+use tokio::net::UdpSocket;
+use x0x::{Agent, ConnectOptions, PathKind, PathPolicy};
+use x0x_proto::relay::{self, RELAY_HEADER_LEN};
+use x0x_testkit as common;
 
 const HONEST: u8 = 0;
 const TAMPER: u8 = 1;
 const REPLAY: u8 = 2;
 
-struct Side {
-    id: PeerId,
-    socket: Arc<MuxSocket>,
-    endpoint: quinn::Endpoint,
-    queue: mpsc::Receiver<RelayedPacket>,
+/// What the proxy saw.
+#[derive(Default)]
+struct Seen {
+    relay_payloads: Mutex<Vec<Vec<u8>>>,
+    tampered: AtomicUsize,
+    injected: AtomicUsize,
+    replayed: AtomicUsize,
 }
 
-fn side() -> Side {
-    let identity = Identity::generate().unwrap();
-    let (server, client) = transport::configs(&identity, &TransportOptions::default()).unwrap();
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (socket, queue) = MuxSocket::new(udp).unwrap();
-    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket.clone(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .unwrap();
-    endpoint.set_default_client_config(client);
-    Side {
-        id: identity.peer_id(),
-        socket,
-        endpoint,
-        queue,
-    }
-}
-
-/// Forward packets from one side's queue into the other side's socket,
-/// recording them and misbehaving according to `mode`.
-fn relay(
-    mut from: mpsc::Receiver<RelayedPacket>,
-    from_id: PeerId,
-    to: Arc<MuxSocket>,
-    node: PeerId,
-    mode: Arc<AtomicU8>,
-    seen: Arc<Mutex<Vec<Bytes>>>,
-) {
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Some(p) = from.recv().await {
-            n += 1;
-            let mut seen_now = seen.lock().await;
-            seen_now.push(p.payload.clone());
-            match mode.load(Ordering::Relaxed) {
-                TAMPER if n.is_multiple_of(3) => {
-                    // Flip a bit in the protected part of the packet.
-                    let mut forged = p.payload.to_vec();
-                    let i = forged.len() - 5;
-                    forged[i] ^= 0x20;
-                    to.deliver(node, from_id, Bytes::from(forged));
-                    // And a fabricated packet out of thin air.
-                    to.deliver(node, from_id, Bytes::from(vec![0x40u8; 80]));
-                    continue; // the genuine packet is lost: QUIC must retransmit
-                }
-                REPLAY => {
-                    to.deliver(node, from_id, p.payload.clone());
-                    // Replay an old packet too.
-                    let old = seen_now[(n as usize * 7) % seen_now.len()].clone();
-                    to.deliver(node, from_id, old);
-                }
-                _ => {}
+/// A UDP proxy between an agent (whichever address talks to it first) and `node`.
+async fn proxy(listen: SocketAddr, node: SocketAddr, mode: Arc<AtomicU8>, seen: Arc<Seen>) {
+    let front = UdpSocket::bind(listen).await.unwrap();
+    let back = UdpSocket::bind(SocketAddr::new(listen.ip(), 0))
+        .await
+        .unwrap();
+    back.connect(node).await.unwrap();
+    let agent: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let history: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let front = Arc::new(front);
+    let back = Arc::new(back);
+    // Agent -> node: forwarded as is.
+    let up = {
+        let (front, back, agent) = (front.clone(), back.clone(), agent.clone());
+        async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *agent.lock().unwrap() = Some(from);
+                let _ = back.send(&buf[..n]).await;
             }
-            to.deliver(node, from_id, p.payload);
         }
-    });
+    };
+    // Node -> agent: relay packets recorded and, by mode, abused.
+    let down = async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let Some(to) = *agent.lock().unwrap() else {
+                continue;
+            };
+            let mut packet = buf[..n].to_vec();
+            if relay::parse_relay(&packet).is_some() {
+                seen.relay_payloads
+                    .lock()
+                    .unwrap()
+                    .push(packet[RELAY_HEADER_LEN..].to_vec());
+                match mode.load(Ordering::Relaxed) {
+                    TAMPER => {
+                        // Every other packet: flip a payload bit; also inject garbage.
+                        if seen
+                            .tampered
+                            .fetch_add(1, Ordering::Relaxed)
+                            .is_multiple_of(2)
+                        {
+                            let i = RELAY_HEADER_LEN + (packet.len() - RELAY_HEADER_LEN) / 2;
+                            packet[i] ^= 0x40;
+                        }
+                        let mut fake = packet[..RELAY_HEADER_LEN].to_vec();
+                        fake.extend((0..1200).map(|_| rand::random::<u8>() | 0x40));
+                        let _ = front.send_to(&fake, to).await;
+                        seen.injected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    REPLAY => {
+                        let old = history.lock().unwrap().clone();
+                        for p in old.iter().rev().take(3) {
+                            let _ = front.send_to(p, to).await;
+                            seen.replayed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+                let mut h = history.lock().unwrap();
+                h.push(buf[..n].to_vec());
+                if h.len() > 64 {
+                    h.remove(0);
+                }
+            }
+            let _ = front.send_to(&packet, to).await;
+        }
+    };
+    tokio::select! { _ = up => {}, _ = down => {} }
 }
 
-async fn transfer(conn: &quinn::Connection, incoming: &quinn::Connection, data: &[u8]) -> Vec<u8> {
-    let (mut send, _unused) = conn.open_bi().await.unwrap();
+async fn echo(conn: &x0x::quinn::Connection, data: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(data).await.unwrap();
     send.finish().unwrap();
-    let (_reply, mut recv) = tokio::time::timeout(Duration::from_secs(20), incoming.accept_bi())
-        .await
-        .expect("stream arrives")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1 << 24))
-        .await
-        .expect("data arrives")
-        .unwrap()
+    recv.read_to_end(1 << 20).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_sees_only_ciphertext_and_cannot_forge_or_replay() {
-    let node = PeerId::from_bytes([0xee; 32]);
-    let (a, b) = (side(), side());
+async fn a_relay_sees_only_ciphertext_and_cannot_tamper_inject_or_replay() {
+    let c = common::single_node(91, "");
+    let node = c.nodes[0].quic;
     let mode = Arc::new(AtomicU8::new(HONEST));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    relay(
-        a.queue,
-        a.id,
-        b.socket.clone(),
-        node,
-        mode.clone(),
-        seen.clone(),
-    );
-    relay(
-        b.queue,
-        b.id,
-        a.socket.clone(),
-        node,
-        mode.clone(),
-        seen.clone(),
-    );
+    let seen = Arc::new(Seen::default());
+    let proxy_addr: SocketAddr = "127.91.2.1:12000".parse().unwrap();
+    tokio::spawn(proxy(proxy_addr, node, mode.clone(), seen.clone()));
 
-    let b_addr = a.socket.relay_addr(node, b.id);
-    let accept = tokio::spawn({
-        let ep = b.endpoint.clone();
-        async move { ep.accept().await.unwrap().await.unwrap() }
-    });
-    let (conn, id) = transport::dial(&a.endpoint, b_addr, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        id, b.id,
-        "end-to-end authenticated: A talks to B, not to the relay"
-    );
-    let incoming = accept.await.unwrap();
-    assert_eq!(x0x_proto::tls::remote_peer_id(&incoming), Some(a.id));
+    let (a, _) = common::joined_agent(91, 1, &[&c.nodes[0]]).await;
+    let mut cfg = common::agent_network(91, 2, &[]);
+    cfg.bootstrap_peers = vec![proxy_addr.into()];
+    let b = Agent::builder().network(cfg).build().unwrap();
+    b.join_network().await.unwrap();
 
-    // 1. Honest relay: it sees the packets, never the plaintext.
-    let marker = b"x0x-plaintext-marker-5b1f0c2e9a47";
-    let secret: Vec<u8> = marker.iter().copied().cycle().take(64 * 1024).collect();
-    assert_eq!(transfer(&conn, &incoming, &secret).await, secret);
-    {
-        let seen = seen.lock().await;
+    // B echoes everything.
+    let b = Arc::new(b);
+    let server = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            while let Some(pc) = b.accept().await {
+                let conn = pc.connection().clone();
+                tokio::spawn(async move {
+                    while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                        let data = r.read_to_end(1 << 20).await.unwrap_or_default();
+                        let _ = s.write_all(&data).await;
+                        let _ = s.finish();
+                    }
+                });
+            }
+        })
+    };
+    let opts = ConnectOptions::default().paths(PathPolicy::RelayOnly);
+    let pc = a.connect_with(b.peer_id(), opts).await.unwrap();
+    assert_eq!(pc.path(), PathKind::Relayed);
+    let secret: Vec<u8> = b"x0x relay test plaintext: the relay must never see this "
+        .iter()
+        .cycle()
+        .take(64 * 1024)
+        .copied()
+        .collect();
+    assert_eq!(echo(pc.connection(), &secret).await, secret);
+
+    let payloads = seen.relay_payloads.lock().unwrap().clone();
+    assert!(
+        payloads.iter().map(Vec::len).sum::<usize>() >= 64 * 1024,
+        "the echo crossed the relay"
+    );
+    let needle = &secret[..24];
+    for p in &payloads {
         assert!(
-            seen.len() > 40,
-            "the relay forwarded {} packets",
-            seen.len()
+            !p.windows(needle.len()).any(|w| w == needle),
+            "plaintext seen by the relay"
         );
-        let leaked = seen
-            .iter()
-            .any(|p| p.windows(12).any(|w| marker.windows(12).any(|m| m == w)));
-        assert!(!leaked, "plaintext visible to the relay");
     }
 
-    // 2. Tampering relay: flipped bits and fabricated packets are rejected;
-    //    the data still arrives exactly as sent.
     mode.store(TAMPER, Ordering::Relaxed);
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    assert_eq!(transfer(&conn, &incoming, &data).await, data);
+    assert_eq!(echo(pc.connection(), &secret).await, secret, "tampering");
+    assert!(seen.tampered.load(Ordering::Relaxed) > 0);
+    assert!(seen.injected.load(Ordering::Relaxed) > 0);
 
-    // 3. Replaying relay: duplicates and old packets change nothing.
     mode.store(REPLAY, Ordering::Relaxed);
-    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 17 % 253) as u8).collect();
-    assert_eq!(transfer(&conn, &incoming, &data).await, data);
+    assert_eq!(echo(pc.connection(), &secret).await, secret, "replays");
+    assert!(seen.replayed.load(Ordering::Relaxed) > 0);
 
-    // The connection survived all of it.
     mode.store(HONEST, Ordering::Relaxed);
-    assert_eq!(
-        transfer(&conn, &incoming, b"still here").await,
-        b"still here"
-    );
-    assert!(conn.close_reason().is_none() && incoming.close_reason().is_none());
+    assert_eq!(echo(pc.connection(), b"still alive").await, b"still alive");
+    assert!(pc.connection().close_reason().is_none());
+    server.abort();
+    tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -130,6 +130,16 @@ pub fn connections_from(lab: &Lab, l: &Listener, peer: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The listener's `connection` and `path` events for `peer`.
+pub fn path_events_from(lab: &Lab, l: &Listener, peer: &str) -> Vec<Value> {
+    lab.procs[l.proc]
+        .lines()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| (v["event"] == "connection" || v["event"] == "path") && v["peer_id"] == peer)
+        .collect()
+}
+
 /// `x0x connect PEER` from `host` bound to `host.addr:port`.
 pub fn connect(lab: &Lab, host: &Host, name: &str, port: u16, peer: &str, nodes: &[&Node]) -> Ran {
     connect_with(lab, host, name, port, peer, nodes, &[])

@@ -56,7 +56,7 @@ fn check_observed(l: &Listener, home: &Home) {
 fn listener_saw(lab: &Lab, l: &Listener, peer: &str, path: &str) {
     let mut events = Vec::new();
     let seen = wait_until(Duration::from_secs(10), || {
-        events = agents::connections_from(lab, l, peer);
+        events = agents::path_events_from(lab, l, peer);
         events.iter().any(|e| e["path"] == path)
     });
     assert!(
@@ -90,7 +90,17 @@ fn agents_behind_two_port_preserving_nats_connect_direct() {
     check_observed(&la, &a);
     let b_id = agents::peer_id(&lab, &b.host, "b");
     let relayed_before = agents::relayed_bytes(&n);
-    let ran = agents::connect(&lab, &b.host, "b", PORT, &la.peer_id, &n);
+    // The connection may start relayed; the data is sent once it settled
+    // (a generous bound for a loaded machine; it takes milliseconds here).
+    let ran = agents::connect_with(
+        &lab,
+        &b.host,
+        "b",
+        PORT,
+        &la.peer_id,
+        &n,
+        &["--settle-ms", "10000"],
+    );
     let v = agents::connected(&ran, &la.peer_id);
     report(&lab, "b -> a", &v);
     assert_eq!(v["path"], "direct", "expected a direct connection: {ran}");
@@ -248,8 +258,9 @@ fn an_agent_whose_nat_rebinds_mid_connection_recovers_by_itself() {
 
     // 1. b's NAT rebinds while b is connected to a and pinging it: every
     // mapping of b's router is gone, and a's router, filtering by address
-    // and port, drops what b now sends from its new address. b must keep
-    // the connection (migration) or reconnect by itself.
+    // and port, drops what b now sends from its new address. The path layer
+    // must carry the same connection on (relay first, then direct again
+    // from b's new address): no new handshake.
     const PINGS: u32 = 30;
     let pinging = std::thread::scope(|s| {
         let lab_ref = &lab;
@@ -283,14 +294,14 @@ fn an_agent_whose_nat_rebinds_mid_connection_recovers_by_itself() {
     );
     let pings_ok = v["pings_ok"].as_u64().expect("pings_ok");
     let reconnects = v["reconnects"].as_u64().expect("reconnects");
-    assert!(
-        pings_ok == PINGS as u64 || reconnects >= 1,
-        "pings failed and b never reconnected: {pinging}"
+    assert_eq!(
+        reconnects, 0,
+        "the connection did not survive the rebinding: {pinging}"
     );
-    // Recovered, not merely alive before the change: each ping that fails
-    // (3 s timeout) is followed by a reconnection; at most three may fail.
+    // Pings wait 3 s each; the path moves within about a second, so at
+    // most a couple may time out while it does.
     assert!(
-        pings_ok + 3 >= PINGS as u64,
+        pings_ok + 2 >= PINGS as u64,
         "only {pings_ok} of {PINGS} pings succeeded across the rebinding: {pinging}"
     );
     listener_saw(&lab, &la, &b_id, "direct");

@@ -99,7 +99,7 @@ pub fn emit(v: serde_json::Value) {
     println!("{v}");
 }
 
-/// The transport settings of an [`x0x::Agent`] (keep-alive 2 s, idle 10 s,
+/// The transport settings of an [`x0x::Agent`]'s node links (keep-alive 15 s, idle 40 s,
 /// the same stream and datagram limits as `x0x_proto::transport`).
 pub fn agent_transport() -> Res<Arc<quinn::TransportConfig>> {
     let net = x0x::NetworkConfig::with_bootstrap_peers(Vec::new());
@@ -123,7 +123,7 @@ pub fn client_endpoint(ip: IpAddr) -> Res<quinn::Endpoint> {
     let _ = socket.set_send_buffer_size(8 * 1024 * 1024);
     socket.bind(&addr.into())?;
     Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        x0x_proto::transport::endpoint_config(),
         None,
         socket.into(),
         Arc::new(quinn::TokioRuntime),
@@ -166,16 +166,23 @@ pub async fn lean_connect(
             incarnation: rand::random(),
         };
         wire::write_frame(&mut send, &hello).await?;
-        match wire::read_frame(&mut recv).await? {
+        match wire::read_frame(&mut recv, &wire::ReadLimits::TO_AGENT).await? {
             Some(Message::Welcome { .. }) => {}
             other => return Err(format!("expected Welcome, got {other:?}").into()),
         }
         if register {
             let (mut s, mut r) = conn.open_bi().await?;
             let addrs = endpoint.local_addr().into_iter().collect();
-            wire::write_frame(&mut s, &Message::Register { addrs }).await?;
+            wire::write_frame(
+                &mut s,
+                &Message::Register {
+                    addrs,
+                    accept_relay: false,
+                },
+            )
+            .await?;
             let _ = s.finish();
-            match wire::read_frame(&mut r).await? {
+            match wire::read_frame(&mut r, &wire::ReadLimits::TO_AGENT).await? {
                 Some(Message::Registered { .. }) => {}
                 other => return Err(format!("expected Registered, got {other:?}").into()),
             }
@@ -204,7 +211,7 @@ async fn join(a: JoinArgs) -> Res<()> {
         let mut net = x0x::NetworkConfig::with_bootstrap_peers(vec![a.node.into()]);
         net.bind = SocketAddr::new(a.bind, 0);
         net.join_timeout = Duration::from_secs(10);
-        let agent = x0x::Agent::builder().network(net).build().await?;
+        let agent = x0x::Agent::builder().network(net).build()?;
         let t0 = Instant::now();
         let joined = agent.join_network().await;
         let elapsed = t0.elapsed();
@@ -213,7 +220,7 @@ async fn join(a: JoinArgs) -> Res<()> {
             _ => failed += 1,
         }
         // Leave cleanly (the node forgets the agent) without timing it.
-        closing.spawn(agent.close());
+        closing.spawn(async move { agent.close().await });
         while closing.len() > 64 {
             closing.join_next().await;
         }

@@ -1,7 +1,7 @@
 //! The transfer load generator: two agents on one node move one bulk
 //! transfer and a ping-pong over `Agent::connect_with`, first on a direct
-//! path (`allow_relay: false`), then through the node's relay
-//! (`allow_direct: false`), in the same run. A plain quinn connection
+//! path (`PathPolicy::DirectOnly`), then through the node's relay
+//! (`PathPolicy::RelayOnly`), in the same run. A plain quinn connection
 //! between two endpoints of this process (x0x's TLS, quinn's default
 //! transport settings, plain UDP sockets) moves the same bytes as the
 //! baseline of this run.
@@ -15,7 +15,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
-use x0x::agent::{ConnectOptions, PathKind};
+use x0x::{ConnectOptions, PathKind, PathPolicy};
 use x0x_proto::identity::Identity;
 
 use crate::Res;
@@ -71,10 +71,7 @@ pub async fn run(a: TransferArgs) -> Res<()> {
         net.bind = SocketAddr::new(ip, 0);
         x0x::Agent::builder().network(net).build()
     };
-    let (sender, receiver) = (
-        Arc::new(agent(a.bind[0]).await?),
-        Arc::new(agent(a.bind[1]).await?),
-    );
+    let (sender, receiver) = (Arc::new(agent(a.bind[0])?), Arc::new(agent(a.bind[1])?));
     sender.join_network().await?;
     receiver.join_network().await?;
     let server = receiver.clone();
@@ -94,18 +91,12 @@ pub async fn run(a: TransferArgs) -> Res<()> {
         (
             "direct",
             PathKind::Direct,
-            ConnectOptions {
-                allow_relay: false,
-                ..ConnectOptions::default()
-            },
+            ConnectOptions::default().paths(PathPolicy::DirectOnly),
         ),
         (
             "relayed",
             PathKind::Relayed,
-            ConnectOptions {
-                allow_direct: false,
-                ..ConnectOptions::default()
-            },
+            ConnectOptions::default().paths(PathPolicy::RelayOnly),
         ),
     ] {
         let pc = sender.connect_with(receiver.peer_id(), opts).await?;

@@ -11,57 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use x0x_proto::addr::PeerAddr;
-use x0x_proto::identity::PeerId;
-
-/// A configured mesh peer: an address, optionally pinned to an identity
-/// (`"<64 hex>@host:port"`). A pinned peer counts only if it proves that
-/// key; an unpinned one is whoever answers at the address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MeshPeer {
-    pub id: Option<PeerId>,
-    pub addr: PeerAddr,
-}
-
-impl std::str::FromStr for MeshPeer {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('@') {
-            Some((id, addr)) => Ok(Self {
-                id: Some(id.parse().map_err(|e| format!("{e} (in {s:?})"))?),
-                addr: addr.parse().map_err(|e| format!("{e}"))?,
-            }),
-            None => Ok(Self {
-                id: None,
-                addr: s.parse().map_err(|e| format!("{e}"))?,
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for MeshPeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.id {
-            Some(id) => write!(f, "{id}@{}", self.addr),
-            None => write!(f, "{}", self.addr),
-        }
-    }
-}
-
-impl Serialize for MeshPeer {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MeshPeer {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+/// A configured mesh peer: `addr`, or `PEERID@addr` pinned to an identity.
+pub type MeshPeer = x0x_proto::addr::PeerSpec;
 
 pub use x0x_proto::relay::MIN_RELAYED_QUIC_PACKET;
 
@@ -86,7 +37,10 @@ pub struct Config {
     pub roles: Roles,
     pub health: HealthConfig,
     pub log: LogConfig,
+    /// Connections from agents.
     pub transport: TransportConfig,
+    /// Connections between nodes.
+    pub mesh: MeshConfig,
     pub limits: Limits,
 }
 
@@ -101,6 +55,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             log: LogConfig::default(),
             transport: TransportConfig::default(),
+            mesh: MeshConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -167,14 +122,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// QUIC settings for agents' connections: NAT-friendly keep-alives, so
+/// thousands of idle agents cost the node little.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportConfig {
-    /// QUIC keep-alive interval.
+    /// QUIC keep-alive interval on agent connections (keeps NAT mappings open).
     pub keepalive_ms: u64,
-    /// A peer silent for this long is dead (at most 10 000). QUIC restarts
-    /// the timer once when it sends a keep-alive, so a dead peer is noticed
-    /// within `idle_timeout_ms + keepalive_ms`: 10 s with the defaults.
+    /// An agent silent for this long is gone (at most 120 000). QUIC
+    /// restarts the timer when it sends a keep-alive, so a dead agent is
+    /// noticed within `idle_timeout_ms + keepalive_ms`.
     pub idle_timeout_ms: u64,
     /// Requested UDP socket send and receive buffer size.
     pub udp_buffer_bytes: usize,
@@ -183,8 +140,8 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {
-            keepalive_ms: 2_000,
-            idle_timeout_ms: 8_000,
+            keepalive_ms: 15_000,
+            idle_timeout_ms: 40_000,
             udp_buffer_bytes: 7 * 1024 * 1024,
         }
     }
@@ -200,37 +157,119 @@ impl TransportConfig {
     }
 }
 
+/// QUIC settings for connections between nodes: a fast liveness check, so
+/// a node that dies is seen by the others within `idle_timeout_ms +
+/// keepalive_ms` (3 s with the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    pub keepalive_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 500,
+            idle_timeout_ms: 2_500,
+        }
+    }
+}
+
+impl MeshConfig {
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// Every limit of the node. All are on by default; each refusal or drop
+/// is counted in `/metrics` with the key's name as its `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Connections (nodes and agents) held at once; more are refused.
     pub max_connections: usize,
-    /// Largest relayed datagram payload (after the 32-byte peer id). Relayed
-    /// agent connections need at least 1 201 (a 1 200-byte QUIC packet and a tag byte).
-    pub relay_datagram_bytes: usize,
-    /// Relay bandwidth one peer may use (token bucket, 1 s burst).
-    pub relay_peer_bytes_per_sec: u64,
-    /// Relay bandwidth for all peers together.
-    pub relay_global_bytes_per_sec: u64,
-    /// Distinct destinations one peer may relay to at once.
-    pub relay_circuits_per_peer: usize,
-    /// Relay circuits (source and destination pairs) open at once, in all.
-    pub relay_circuits: usize,
-    /// New inbound connections accepted per second from one source IP (burst:
-    /// one second's worth). Configured mesh peers are exempt.
+    /// New inbound connections accepted per second from one source IP
+    /// (burst: one second's worth). Validated mesh peers are exempt.
     pub accept_per_sec: u64,
+    /// Connections and handshakes at once from one IPv4 address or IPv6 /64.
+    pub connections_per_ip: usize,
+    /// Handshakes in flight at once; more are refused.
+    pub max_handshakes: usize,
+    /// Above this many handshakes in flight, every source that has not
+    /// proven its address gets a stateless Retry first (0: always).
+    /// Sources claiming a mesh peer's address are always asked to prove it.
+    pub retry_above_handshakes: usize,
+    /// A connection that sends no `Hello` within this is closed.
+    pub hello_timeout_ms: u64,
+    /// An agent that does not register within this is closed (when the
+    /// coordinator role is on).
+    pub register_timeout_ms: u64,
+    /// Requests per second one agent connection may make (burst: one second's worth).
+    pub requests_per_sec: u64,
+    /// Pushes (introductions, circuit notices) queued for one agent; more are dropped.
+    pub agent_push_queue: usize,
+    /// Directory records one mesh peer may hold in this node's directory.
+    pub directory_records_per_peer: usize,
+    /// Largest relayed payload (after the 9-byte circuit header). Relayed
+    /// agent connections need at least 1 200.
+    pub relay_datagram_bytes: usize,
+    /// Relay bandwidth one agent may send (token bucket, 1 s burst).
+    pub relay_peer_bytes_per_sec: u64,
+    /// Relay bandwidth one agent may receive.
+    pub relay_dest_bytes_per_sec: u64,
+    /// Relay bandwidth for all agents together.
+    pub relay_global_bytes_per_sec: u64,
+    /// Every relayed packet is charged at least this many bytes.
+    pub relay_min_charge_bytes: u64,
+    /// Circuits one agent may open at once.
+    pub relay_circuits_per_peer: usize,
+    /// Circuits that may reach one agent at once.
+    pub relay_circuits_per_dest: usize,
+    /// Circuits opened from one IPv4 address or IPv6 /64 at once.
+    pub relay_circuits_per_ip: usize,
+    /// Relay circuits open at once, in all.
+    pub relay_circuits: usize,
+    /// A circuit with no traffic for this long is closed.
+    pub relay_circuit_idle_ms: u64,
+    /// A circuit is closed after this long (the agents open a new one).
+    pub relay_circuit_lifetime_s: u64,
+    /// A circuit is closed after carrying this many bytes.
+    pub relay_circuit_bytes: u64,
+    /// Addresses one agent may ask the node to vouch for, per registration.
+    pub vouches_per_agent: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 16_384,
+            accept_per_sec: 500,
+            connections_per_ip: 256,
+            max_handshakes: 512,
+            retry_above_handshakes: 16,
+            hello_timeout_ms: 5_000,
+            register_timeout_ms: 10_000,
+            requests_per_sec: 20,
+            agent_push_queue: 256,
+            directory_records_per_peer: 65_536,
             relay_datagram_bytes: 1_500,
             relay_peer_bytes_per_sec: 1024 * 1024,
+            relay_dest_bytes_per_sec: 2 * 1024 * 1024,
             relay_global_bytes_per_sec: 128 * 1024 * 1024,
+            relay_min_charge_bytes: 128,
             relay_circuits_per_peer: 32,
+            relay_circuits_per_dest: 64,
+            relay_circuits_per_ip: 256,
             relay_circuits: 8_192,
-            accept_per_sec: 500,
+            relay_circuit_idle_ms: 30_000,
+            relay_circuit_lifetime_s: 3_600,
+            relay_circuit_bytes: 1 << 30,
+            vouches_per_agent: 4,
         }
     }
 }
@@ -323,30 +362,56 @@ impl Config {
                 format!("{:?} is not a valid filter: {e}", self.log.level),
             ));
         }
-        let t = &self.transport;
-        if !(1_000..=10_000).contains(&t.idle_timeout_ms) {
-            return Err((
+        for (table, keepalive, idle, max_idle) in [
+            (
                 "transport",
-                "idle_timeout_ms",
-                format!("{} is outside 1000..=10000", t.idle_timeout_ms),
-            ));
-        }
-        if t.keepalive_ms == 0 || t.keepalive_ms >= t.idle_timeout_ms {
-            return Err((
-                "transport",
-                "keepalive_ms",
-                format!(
-                    "{} must be above 0 and below idle_timeout_ms ({})",
-                    t.keepalive_ms, t.idle_timeout_ms
-                ),
-            ));
+                self.transport.keepalive_ms,
+                self.transport.idle_timeout_ms,
+                120_000,
+            ),
+            (
+                "mesh",
+                self.mesh.keepalive_ms,
+                self.mesh.idle_timeout_ms,
+                60_000,
+            ),
+        ] {
+            if !(1_000..=max_idle).contains(&idle) {
+                return Err((
+                    table,
+                    "idle_timeout_ms",
+                    format!("{idle} is outside 1000..={max_idle}"),
+                ));
+            }
+            if keepalive == 0 || keepalive >= idle {
+                return Err((
+                    table,
+                    "keepalive_ms",
+                    format!("{keepalive} must be above 0 and below idle_timeout_ms ({idle})"),
+                ));
+            }
         }
         let l = &self.limits;
         for (key, value) in [
             ("max_connections", l.max_connections as u64),
-            ("relay_circuits_per_peer", l.relay_circuits_per_peer as u64),
-            ("relay_circuits", l.relay_circuits as u64),
             ("accept_per_sec", l.accept_per_sec),
+            ("connections_per_ip", l.connections_per_ip as u64),
+            ("max_handshakes", l.max_handshakes as u64),
+            ("hello_timeout_ms", l.hello_timeout_ms),
+            ("register_timeout_ms", l.register_timeout_ms),
+            ("requests_per_sec", l.requests_per_sec),
+            ("agent_push_queue", l.agent_push_queue as u64),
+            (
+                "directory_records_per_peer",
+                l.directory_records_per_peer as u64,
+            ),
+            ("relay_circuits_per_peer", l.relay_circuits_per_peer as u64),
+            ("relay_circuits_per_dest", l.relay_circuits_per_dest as u64),
+            ("relay_circuits_per_ip", l.relay_circuits_per_ip as u64),
+            ("relay_circuits", l.relay_circuits as u64),
+            ("relay_circuit_idle_ms", l.relay_circuit_idle_ms),
+            ("relay_circuit_lifetime_s", l.relay_circuit_lifetime_s),
+            ("relay_circuit_bytes", l.relay_circuit_bytes),
         ] {
             if value == 0 {
                 return Err(("limits", key, "must be at least 1".into()));
@@ -359,16 +424,18 @@ impl Config {
                 format!("{} is outside 64..=65000", l.relay_datagram_bytes),
             ));
         }
-        if l.relay_peer_bytes_per_sec == 0 || l.relay_global_bytes_per_sec == 0 {
-            return Err((
-                "limits",
-                if l.relay_peer_bytes_per_sec == 0 {
-                    "relay_peer_bytes_per_sec"
-                } else {
-                    "relay_global_bytes_per_sec"
-                },
-                "must be above 0 (switch the relay off with roles.relay = false)".into(),
-            ));
+        for (key, value) in [
+            ("relay_peer_bytes_per_sec", l.relay_peer_bytes_per_sec),
+            ("relay_dest_bytes_per_sec", l.relay_dest_bytes_per_sec),
+            ("relay_global_bytes_per_sec", l.relay_global_bytes_per_sec),
+        ] {
+            if value == 0 {
+                return Err((
+                    "limits",
+                    key,
+                    "must be above 0 (switch the relay off with roles.relay = false)".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -536,8 +603,15 @@ format = "json"
     }
 
     #[test]
-    fn idle_timeout_is_capped_at_ten_seconds() {
-        let err = parse("[transport]\nidle_timeout_ms = 30000\n")
+    fn idle_timeouts_are_bounded() {
+        let err = parse("[mesh]\nidle_timeout_ms = 90000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mesh.idle_timeout_ms") && err.contains(":2"),
+            "{err}"
+        );
+        let err = parse("[transport]\nidle_timeout_ms = 300000\n")
             .unwrap_err()
             .to_string();
         assert!(

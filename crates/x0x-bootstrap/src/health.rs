@@ -57,6 +57,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.render(shared.live_paths()),
+        shared.metrics.render(shared.live()),
     )
 }

@@ -8,8 +8,10 @@
 //! The binary adds the configuration file ([`config`]), logging and systemd
 //! readiness; health and metrics are served over HTTP ([`health`]).
 
+mod bucket;
 pub mod config;
 pub mod health;
+mod ipkey;
 pub mod metrics;
 pub mod node;
 pub mod roles;

@@ -7,21 +7,17 @@ use x0x_testkit as common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::raw::RawClient;
 use common::{Cluster, blocking};
 use quinn::{ConnectionError, VarInt};
 use x0x_proto::identity::Identity;
-use x0x_proto::transport::{self, TransportOptions};
 use x0x_proto::wire::{self, Message, PeerKind, close};
 
 /// A raw QUIC connection to the node, as a client would open it.
 async fn raw_connection(net: u8, node: &common::NodeProc) -> quinn::Connection {
-    let identity = Identity::generate().unwrap();
-    let bind = format!("127.{net}.1.9:0").parse().unwrap();
-    let ep = transport::endpoint(&identity, bind, &TransportOptions::default()).unwrap();
-    let (conn, _) = transport::dial(&ep, node.quic, Duration::from_secs(5))
-        .await
-        .unwrap();
-    conn
+    let client = RawClient::bind(&format!("127.{net}.1.9:0"));
+    // The endpoint's driver runs as long as the connection lives.
+    client.dial(node.quic).await.unwrap()
 }
 
 async fn close_code(conn: &quinn::Connection) -> Option<VarInt> {
@@ -137,16 +133,18 @@ async fn handshakes_with_the_node_negotiate_x25519mlkem768() {
 async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     let c = common::single_node(45, "");
     let conn = raw_connection(45, &c.nodes[0]).await;
-    // Never send Hello: the node gives up after its 5 s protocol timeout.
+    // Never send Hello: the node gives up after hello_timeout_ms (5 s).
     let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await
         .expect("node closes a silent connection");
     match closed {
-        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, close::PROTOCOL),
+        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, close::TOO_SLOW),
         other => panic!("unexpected close: {other:?}"),
     }
     let c2 = c.clone();
-    let n =
-        blocking(move || c2.nodes[0].metric("x0x_frames_rejected_total{reason=\"timeout\"}")).await;
+    let n = blocking(move || {
+        c2.nodes[0].metric("x0x_frames_rejected_total{reason=\"hello_timeout_ms\"}")
+    })
+    .await;
     assert_eq!(n, 1.0);
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::identity::PeerId;
+
 /// How long a hostname lookup may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,6 +129,92 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// An address, optionally pinned to an identity: `addr` or `PEERID@addr`
+/// (64 hex characters, `@`, then any [`PeerAddr`] form).
+///
+/// A pinned peer counts only if it proves that key in the TLS handshake;
+/// an unpinned one is whoever answers at the address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerSpec {
+    /// The identity the peer must prove, if pinned.
+    pub id: Option<PeerId>,
+    /// Where to reach it.
+    pub addr: PeerAddr,
+}
+
+/// Why a string is not a [`PeerSpec`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParsePeerSpecError {
+    /// The part before `@` is not a peer id.
+    #[error("{source} (in {input:?})")]
+    Id {
+        input: String,
+        source: crate::identity::ParsePeerIdError,
+    },
+    /// The address part is not valid.
+    #[error(transparent)]
+    Addr(#[from] ParsePeerAddrError),
+}
+
+impl FromStr for PeerSpec {
+    type Err = ParsePeerSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('@') {
+            Some((id, addr)) => Ok(Self {
+                id: Some(id.parse().map_err(|source| ParsePeerSpecError::Id {
+                    input: s.to_string(),
+                    source,
+                })?),
+                addr: addr.parse()?,
+            }),
+            None => Ok(Self {
+                id: None,
+                addr: s.parse()?,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for PeerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "{id}@{}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl From<PeerAddr> for PeerSpec {
+    fn from(addr: PeerAddr) -> Self {
+        Self { id: None, addr }
+    }
+}
+
+impl From<SocketAddr> for PeerSpec {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            id: None,
+            addr: addr.into(),
+        }
+    }
+}
+
+impl Serialize for PeerSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +248,22 @@ mod tests {
                 "error names the input"
             );
         }
+    }
+
+    #[test]
+    fn peer_specs_pin_an_identity_or_not() {
+        let id = "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1";
+        let pinned: PeerSpec = format!("{id}@127.0.0.1:7").parse().unwrap();
+        assert_eq!(pinned.id.unwrap().to_string(), id);
+        assert_eq!(pinned.to_string(), format!("{id}@127.0.0.1:7"));
+        let open: PeerSpec = "boot.example.org:12000".parse().unwrap();
+        assert_eq!(open.id, None);
+        let err = "abc@127.0.0.1:7"
+            .parse::<PeerSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid peer id"), "{err}");
+        assert!("@127.0.0.1:7".parse::<PeerSpec>().is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`tls`]: TLS 1.3 (rustls, aws-lc-rs) with self-signed certificates
 //!   bound to the PeerId, post-quantum hybrid key exchange first.
 //! - [`wire`]: length-prefixed, versioned postcard frames and every message.
-//! - [`relay`]: the relayed-datagram format.
+//! - [`relay`]: the non-QUIC packets (relay data plane, vouching, probes).
+//! - [`policy`]: which addresses an agent may be told to send packets to.
 //! - [`transport`]: the QUIC endpoint settings both ends use.
 //! - [`addr`]: peer addresses (`ip:port`, `host:port`).
 //!
@@ -13,11 +14,13 @@
 
 pub mod addr;
 pub mod backoff;
+pub mod batch;
 pub mod identity;
+pub mod policy;
 pub mod relay;
 pub mod tls;
 pub mod transport;
 pub mod wire;
 
-pub use addr::{PeerAddr, canonical};
+pub use addr::{PeerAddr, PeerSpec, canonical};
 pub use identity::{Identity, IdentityError, PeerId};

@@ -1,40 +1,85 @@
-//! The relayed-datagram format, shared by agents and the relay role.
+//! Packets that share a UDP socket with QUIC but are not QUIC.
 //!
-//! A relayed datagram is a QUIC datagram on an agent's connection to a
-//! bootstrap node whose first [`PEER_ID_LEN`] bytes name a peer: from an
-//! agent, the destination; from the node, the source. The rest is the
-//! payload, which the node never parses. Its first byte is a tag saying what
-//! the payload carries ([`TAG_QUIC`] or [`TAG_APP`]).
+//! Every x0x endpoint disables QUIC bit greasing, so every QUIC packet it
+//! receives has the fixed bit (`0x40`) set, and long-header packets have
+//! `0x80` set. A first byte with both clear is one of ours ([`is_x0x`]):
+//!
+//! | type | name | layout | between |
+//! |---|---|---|---|
+//! | `0x01` | relay | `[0x01][cid: u64 BE][payload]` | agent ⇄ node |
+//! | `0x02` | probe | see the SDK's path layer | agent ⇄ agent |
+//! | `0x03` | vouch | `[0x03][nonce: 16]` | node → agent |
+//!
+//! **Relay packets** are the relay's data plane: the payload is an
+//! agent-to-agent QUIC packet, already encrypted and authenticated end to
+//! end. The node never parses it; it looks up the circuit `cid`, checks the
+//! packet came from the address of the agent that owns that end, charges
+//! the limits, rewrites the cid to the other end's and sends it on
+//! (TURN channel-data style). No QUIC termination at the node.
 
-use bytes::{Bytes, BytesMut};
+/// First byte of a relay packet.
+pub const TYPE_RELAY: u8 = 0x01;
+/// First byte of an agent-to-agent path probe.
+pub const TYPE_PROBE: u8 = 0x02;
+/// First byte of a vouch packet.
+pub const TYPE_VOUCH: u8 = 0x03;
 
-use crate::identity::{PEER_ID_LEN, PeerId};
+/// Bytes a relay packet adds in front of its payload.
+pub const RELAY_HEADER_LEN: usize = 9;
 
-/// Payload tag: an agent-to-agent QUIC packet.
-pub const TAG_QUIC: u8 = b'Q';
-/// Payload tag: an application datagram.
-pub const TAG_APP: u8 = b'A';
+/// Length of a vouch packet.
+pub const VOUCH_LEN: usize = 17;
 
 /// The smallest payload a relay must carry for relayed agent connections:
-/// a 1200-byte QUIC packet and its tag byte.
-pub const MIN_RELAYED_QUIC_PACKET: usize = 1201;
+/// a 1200-byte QUIC packet.
+pub const MIN_RELAYED_QUIC_PACKET: usize = 1200;
 
-/// Split a relayed datagram into the peer it names and its payload.
-pub fn split(datagram: &Bytes) -> Option<(PeerId, Bytes)> {
-    if datagram.len() < PEER_ID_LEN {
-        return None;
-    }
-    let mut id = [0u8; PEER_ID_LEN];
-    id.copy_from_slice(&datagram[..PEER_ID_LEN]);
-    Some((PeerId::from_bytes(id), datagram.slice(PEER_ID_LEN..)))
+/// Largest UDP payload x0x endpoints send to each other directly; a
+/// relayed copy is [`RELAY_HEADER_LEN`] bytes longer and still fits the
+/// 1452 bytes of an IPv6 packet on a 1500-byte link.
+pub const MAX_PEER_UDP_PAYLOAD: u16 = 1452 - RELAY_HEADER_LEN as u16;
+
+/// Whether a datagram starting with `first` is an x0x packet, not QUIC.
+pub fn is_x0x(first: u8) -> bool {
+    first & 0xc0 == 0
 }
 
-/// Build a relayed datagram: `peer` followed by `payload`.
-pub fn join(peer: &PeerId, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(PEER_ID_LEN + payload.len());
-    b.extend_from_slice(peer.as_bytes());
-    b.extend_from_slice(payload);
-    b.freeze()
+/// The circuit id and payload of a relay packet.
+pub fn parse_relay(packet: &[u8]) -> Option<(u64, &[u8])> {
+    if packet.len() < RELAY_HEADER_LEN || packet[0] != TYPE_RELAY {
+        return None;
+    }
+    let cid = u64::from_be_bytes(packet[1..RELAY_HEADER_LEN].try_into().ok()?);
+    Some((cid, &packet[RELAY_HEADER_LEN..]))
+}
+
+/// The header of a relay packet for circuit `cid`.
+pub fn relay_header(cid: u64) -> [u8; RELAY_HEADER_LEN] {
+    let mut h = [0u8; RELAY_HEADER_LEN];
+    h[0] = TYPE_RELAY;
+    h[1..].copy_from_slice(&cid.to_be_bytes());
+    h
+}
+
+/// Rewrite the circuit id of a relay packet in place.
+pub fn set_relay_cid(packet: &mut [u8], cid: u64) {
+    packet[1..RELAY_HEADER_LEN].copy_from_slice(&cid.to_be_bytes());
+}
+
+/// A vouch packet carrying `nonce`.
+pub fn encode_vouch(nonce: &[u8; 16]) -> [u8; VOUCH_LEN] {
+    let mut p = [0u8; VOUCH_LEN];
+    p[0] = TYPE_VOUCH;
+    p[1..].copy_from_slice(nonce);
+    p
+}
+
+/// The nonce of a vouch packet.
+pub fn parse_vouch(packet: &[u8]) -> Option<[u8; 16]> {
+    if packet.len() != VOUCH_LEN || packet[0] != TYPE_VOUCH {
+        return None;
+    }
+    packet[1..].try_into().ok()
 }
 
 #[cfg(test)]
@@ -42,10 +87,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn framing_round_trips() {
-        let peer = PeerId::from_bytes([3; 32]);
-        let d = join(&peer, b"hello");
-        assert_eq!(split(&d), Some((peer, Bytes::from_static(b"hello"))));
-        assert_eq!(split(&Bytes::from_static(b"short")), None);
+    fn relay_packets_round_trip_and_are_not_quic() {
+        let mut p = relay_header(0x0102_0304_0506_0708).to_vec();
+        p.extend_from_slice(b"payload");
+        assert!(is_x0x(p[0]));
+        assert_eq!(
+            parse_relay(&p),
+            Some((0x0102_0304_0506_0708, &b"payload"[..]))
+        );
+        set_relay_cid(&mut p, 7);
+        assert_eq!(parse_relay(&p), Some((7, &b"payload"[..])));
+        assert_eq!(parse_relay(&p[..8]), None);
+        assert_eq!(parse_relay(&encode_vouch(&[1; 16])), None);
+    }
+
+    #[test]
+    fn quic_first_bytes_are_never_taken_for_ours() {
+        // Short header (fixed bit set) and long header (0x80 set, any fixed bit:
+        // version negotiation) packets.
+        for b in [0x40u8, 0x41, 0x7f, 0x80, 0x8f, 0xc0, 0xff] {
+            assert!(!is_x0x(b), "{b:#x}");
+        }
+        for t in [TYPE_RELAY, TYPE_PROBE, TYPE_VOUCH] {
+            assert!(is_x0x(t));
+        }
+    }
+
+    #[test]
+    fn vouch_packets_round_trip() {
+        let v = encode_vouch(&[9; 16]);
+        assert_eq!(parse_vouch(&v), Some([9; 16]));
+        assert_eq!(parse_vouch(&v[..16]), None);
     }
 }

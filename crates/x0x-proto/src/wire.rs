@@ -2,19 +2,26 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes: one
 //! byte of protocol version ([`WIRE_VERSION`]) and a postcard-encoded
-//! [`Message`]. Frames over [`MAX_FRAME_LEN`] are refused before reading
-//! their body. A malformed or oversized frame closes the connection with an
-//! application error code ([`close`]); it never panics the node.
+//! [`Message`], whose first byte names its kind. A reader knows the kind
+//! after the first two body bytes and refuses a frame longer than that
+//! kind's limit ([`Kind::max_len`]) before reading the rest; the body is
+//! then read incrementally, so memory follows the bytes that really
+//! arrived, never the length a peer announced. A malformed or oversized
+//! frame closes the connection with an application error code ([`close`]);
+//! it never panics the node.
 //!
 //! Streams on one connection:
 //! - the *control stream*: the first bidirectional stream, opened by the
 //!   dialer. It starts with `Hello`/`Welcome` and then carries pushes in both
-//!   directions (directory sync between nodes, introductions to agents).
+//!   directions (directory sync between nodes; introductions and circuit
+//!   notices to agents).
 //! - *request streams*: every later bidirectional stream an agent opens
 //!   carries one request and one response.
-//! - QUIC datagrams carry relayed traffic (see [`crate::relay`]).
+//!
+//! Relayed agent traffic does not use streams: see [`crate::relay`].
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,13 +29,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::identity::PeerId;
 
 /// Version byte at the start of every frame.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
-/// Largest frame body accepted or sent (64 KiB).
+/// Largest frame body of any kind (64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
 /// Most addresses kept in one agent record.
 pub const MAX_ADDRS: usize = 8;
+
+/// Most bootstrap nodes named in one [`PeerInfo`].
+pub const MAX_HOMES: usize = 16;
+
+/// Most agent records in one directory snapshot frame.
+pub const MAX_SNAPSHOT_RECORDS: usize = 200;
 
 /// QUIC application close codes used by x0x.
 pub mod close {
@@ -42,18 +55,20 @@ pub mod close {
     pub const DUPLICATE: VarInt = VarInt::from_u32(0x11);
     /// A frame could not be decoded, or a message was not valid here.
     pub const PROTOCOL: VarInt = VarInt::from_u32(0x12);
-    /// A frame exceeded [`super::MAX_FRAME_LEN`].
+    /// A frame exceeded the limit of its kind.
     pub const FRAME_TOO_LARGE: VarInt = VarInt::from_u32(0x13);
     /// The peer speaks an unsupported wire version.
     pub const VERSION: VarInt = VarInt::from_u32(0x14);
     /// The peer restarted; its new connection replaced this one.
     pub const REPLACED: VarInt = VarInt::from_u32(0x15);
-    /// The node is at its connection limit.
+    /// The node is at a connection limit.
     pub const OVERLOADED: VarInt = VarInt::from_u32(0x16);
     /// The peer is not the identity that was dialed.
     pub const WRONG_PEER: VarInt = VarInt::from_u32(0x17);
     /// A peer claimed to be a bootstrap node but is not in this node's `peers`.
     pub const NOT_MEMBER: VarInt = VarInt::from_u32(0x18);
+    /// The peer did not say `Hello`, or did not register, in time.
+    pub const TOO_SLOW: VarInt = VarInt::from_u32(0x19);
 }
 
 /// What kind of peer opened a connection.
@@ -73,14 +88,89 @@ pub struct RoleSet {
     pub relay: bool,
 }
 
-/// An agent's entry in the coordinators' shared directory.
+/// An agent's entry in one node's part of the shared directory: the
+/// addresses that node vouches for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub peer: PeerId,
-    /// Addresses the agent can be reached at: observed first, then self-reported.
+    /// Addresses the agent can be reached at: observed first, then
+    /// self-reported ones the address policy accepts ([`crate::policy`]).
     pub addrs: Vec<SocketAddr>,
     /// The bootstrap node the agent is registered with (and can be relayed through).
     pub home: PeerId,
+}
+
+/// What the directory knows about an agent across the mesh: the union of
+/// its records, and every node it is registered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer: PeerId,
+    /// Candidate addresses, observed ones first (at most [`MAX_ADDRS`]).
+    pub addrs: Vec<SocketAddr>,
+    /// Nodes the agent is registered with (at most [`MAX_HOMES`]).
+    pub homes: Vec<PeerId>,
+}
+
+/// Why a node refused a request. Stable: agents match on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("the coordinator role is disabled on this node")]
+    CoordinatorDisabled,
+    #[error("the relay role is disabled on this node")]
+    RelayDisabled,
+    #[error("register before making this request")]
+    NotRegistered,
+    #[error("the peer is not in the directory")]
+    UnknownPeer,
+    #[error("the peer is not registered with this node")]
+    NotHere,
+    #[error("the peer does not accept relayed connections")]
+    NoConsent,
+    #[error("too many requests; slow down")]
+    RateLimited,
+    #[error("a relay circuit limit is reached: {0}")]
+    CircuitLimit(String),
+    #[error("the address is not acceptable: {0}")]
+    BadAddress(String),
+    #[error("not a request")]
+    NotARequest,
+}
+
+/// Why a node closed a relay circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CircuitEnd {
+    /// No traffic for the idle timeout.
+    Idle,
+    /// The circuit reached its lifetime.
+    Lifetime,
+    /// The circuit carried its byte allowance.
+    Bytes,
+    /// The other agent left.
+    PeerLeft,
+}
+
+/// A node's view of one configured mesh peer, in a [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshLinkStatus {
+    /// The configured address (`peers` entry).
+    pub addr: String,
+    /// The identity found there (or pinned), if known.
+    pub peer_id: Option<PeerId>,
+    pub connected: bool,
+    /// Smoothed RTT in microseconds, while connected.
+    pub rtt_us: Option<u32>,
+}
+
+/// What a node says about itself to a `Status` request (nothing secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub version: String,
+    pub uptime_s: u64,
+    pub roles: RoleSet,
+    pub agents: u32,
+    pub directory_agents: u32,
+    pub expected_peers: u32,
+    pub mesh: Vec<MeshLinkStatus>,
 }
 
 /// Every message of the protocol.
@@ -101,9 +191,11 @@ pub enum Message {
         observed: Option<SocketAddr>,
     },
 
-    // --- agent requests (one per request stream) and responses ---
+    // --- agent requests (one per request stream) and their replies ---
+    /// Enter the directory. `accept_relay` consents to relay circuits.
     Register {
         addrs: Vec<SocketAddr>,
+        accept_relay: bool,
     },
     Registered {
         record: AgentRecord,
@@ -112,19 +204,64 @@ pub enum Message {
         peer: PeerId,
     },
     Found {
-        record: Option<AgentRecord>,
+        info: Option<PeerInfo>,
     },
     /// Ask the coordinator to introduce the sender to `peer`.
     Introduce {
         peer: PeerId,
     },
-    /// Sent to both sides of an introduction: the record of the other agent.
-    Introduction {
-        record: AgentRecord,
+    /// Reply to `Introduce`: the peer, whose nodes now tell it about us.
+    Introduced {
+        info: PeerInfo,
+    },
+    /// Ask for a relay circuit to `peer` through this node.
+    OpenCircuit {
+        peer: PeerId,
+    },
+    /// Reply to `OpenCircuit`: send relay packets tagged `cid` to this node.
+    CircuitOpened {
+        peer: PeerId,
+        cid: u64,
+    },
+    /// Ask the node to check that a self-reported public address is ours:
+    /// it sends a nonce there ([`crate::relay::encode_vouch`]).
+    Vouch {
+        addr: SocketAddr,
+    },
+    /// Reply to `Vouch`: the nonce was sent.
+    VouchSent,
+    /// The nonce that arrived at the address: the node adds the address.
+    VouchProof {
+        nonce: [u8; 16],
+    },
+    /// Reply to `VouchProof`.
+    Vouched {
+        addr: SocketAddr,
+    },
+    /// Ask for the node's status (allowed before registering).
+    Status,
+    StatusReport {
+        status: NodeStatus,
     },
     /// A request failed.
     Refused {
-        reason: String,
+        reason: Refusal,
+    },
+
+    // --- node to agent, on the control stream ---
+    /// Another agent asked to be introduced to the receiver.
+    Introduction {
+        info: PeerInfo,
+    },
+    /// A relay circuit from `peer` reaches the receiver through this node, tagged `cid`.
+    CircuitNotice {
+        peer: PeerId,
+        cid: u64,
+    },
+    /// The circuit tagged `cid` is closed.
+    CircuitClosed {
+        cid: u64,
+        reason: CircuitEnd,
     },
 
     // --- node to node, on the control stream ---
@@ -145,20 +282,111 @@ pub enum Message {
     },
     /// Deliver an introduction of `from` to the agent `to`, registered with the receiver.
     ForwardIntroduction {
-        from: AgentRecord,
+        from: PeerInfo,
         to: PeerId,
     },
+
+    // --- agent requests added in wire version 2 ---
+    /// A cheap request: keeps the link's address current at the node (QUIC
+    /// follows a NAT rebinding when a packet goes out) and asks again
+    /// where the node sees us from.
+    Ping,
+    /// Reply to `Ping`: the address the node sees now (with the reflector role).
+    Pong {
+        observed: Option<SocketAddr>,
+    },
+}
+
+/// The kind of a message: its postcard variant index (the first body byte
+/// after the version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind(pub u8);
+
+/// Size of an encoded address, at most (tag, 16 bytes, port varint).
+const ADDR: usize = 1 + 16 + 3;
+/// Size of an encoded [`AgentRecord`], at most.
+pub const RECORD_MAX: usize = 32 + 1 + MAX_ADDRS * ADDR + 32;
+/// Size of an encoded [`PeerInfo`], at most.
+pub const INFO_MAX: usize = 32 + 1 + MAX_ADDRS * ADDR + 1 + MAX_HOMES * 32;
+
+impl Kind {
+    /// The largest body (version byte included) a frame of this kind may
+    /// have. Requests are small; only mesh snapshots need large frames.
+    pub fn max_len(self) -> usize {
+        let small = 64;
+        match self.0 {
+            0 | 1 => small,                                   // Hello, Welcome
+            2 => 16 + MAX_ADDRS * ADDR,                       // Register
+            3 => 8 + RECORD_MAX,                              // Registered
+            4 | 6 | 8 => small,                               // Lookup, Introduce, OpenCircuit
+            5 | 7 => 8 + INFO_MAX,                            // Found, Introduced
+            9..=14 => small,                                  // circuits, vouching, Status
+            15 => 512 + 64 * (160 + 40),                      // StatusReport (64 peers)
+            16 => 256,                                        // Refused
+            17 => 8 + INFO_MAX,                               // Introduction
+            18 | 19 => small,                                 // CircuitNotice/Closed
+            20 | 21 => 8 + MAX_SNAPSHOT_RECORDS * RECORD_MAX, // snapshots
+            22 => 8 + RECORD_MAX,                             // Upsert
+            23 => small,                                      // Remove
+            24 => 40 + INFO_MAX,                              // ForwardIntroduction
+            25 | 26 => small,                                 // Ping, Pong
+            _ => 0,
+        }
+        .min(MAX_FRAME_LEN)
+    }
+}
+
+impl Message {
+    /// This message's [`Kind`]: its variant index, which postcard writes
+    /// as the first byte (a test checks the two agree).
+    pub fn kind(&self) -> Kind {
+        use Message::*;
+        Kind(match self {
+            Hello { .. } => 0,
+            Welcome { .. } => 1,
+            Register { .. } => 2,
+            Registered { .. } => 3,
+            Lookup { .. } => 4,
+            Found { .. } => 5,
+            Introduce { .. } => 6,
+            Introduced { .. } => 7,
+            OpenCircuit { .. } => 8,
+            CircuitOpened { .. } => 9,
+            Vouch { .. } => 10,
+            VouchSent => 11,
+            VouchProof { .. } => 12,
+            Vouched { .. } => 13,
+            Status => 14,
+            StatusReport { .. } => 15,
+            Refused { .. } => 16,
+            Introduction { .. } => 17,
+            CircuitNotice { .. } => 18,
+            CircuitClosed { .. } => 19,
+            DirectorySnapshot { .. } => 20,
+            DirectorySnapshotMore { .. } => 21,
+            DirectoryUpsert { .. } => 22,
+            DirectoryRemove { .. } => 23,
+            ForwardIntroduction { .. } => 24,
+            Ping => 25,
+            Pong { .. } => 26,
+        })
+    }
 }
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge(usize),
-    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    /// The announced length exceeds the limit of the message kind or stream.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit for its kind")]
+    TooLarge { len: usize, limit: usize },
+    #[error("unsupported wire version {0} (this peer speaks {WIRE_VERSION})")]
     Version(u8),
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The rest of a started frame did not arrive in time.
+    #[error("frame not completed within {} ms", .0.as_millis())]
+    Stalled(Duration),
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -167,8 +395,9 @@ impl WireError {
     /// The close code a connection gets when this error happens on it.
     pub fn close_code(&self) -> quinn::VarInt {
         match self {
-            Self::TooLarge(_) => close::FRAME_TOO_LARGE,
+            Self::TooLarge { .. } => close::FRAME_TOO_LARGE,
             Self::Version(_) => close::VERSION,
+            Self::Stalled(_) => close::TOO_SLOW,
             Self::Malformed(_) | Self::Io(_) => close::PROTOCOL,
         }
     }
@@ -176,24 +405,52 @@ impl WireError {
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::TooLarge(_) => "too_large",
+            Self::TooLarge { .. } => "too_large",
             Self::Version(_) => "version",
             Self::Malformed(_) => "malformed",
+            Self::Stalled(_) => "stalled",
             Self::Io(_) => "io",
         }
     }
 }
 
+/// How a reader bounds the frames of one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// No frame on this stream may exceed this many body bytes, whatever its kind.
+    pub max_len: usize,
+    /// Once the first byte of a frame arrived, the rest must arrive within this.
+    pub complete_within: Duration,
+}
+
+impl ReadLimits {
+    /// A request stream: one small request.
+    pub const REQUEST: Self = Self {
+        max_len: 1024,
+        complete_within: Duration::from_secs(5),
+    };
+    /// Replies and pushes to an agent.
+    pub const TO_AGENT: Self = Self {
+        max_len: 16 * 1024,
+        complete_within: Duration::from_secs(10),
+    };
+    /// A mesh control stream (directory snapshots).
+    pub const MESH: Self = Self {
+        max_len: MAX_FRAME_LEN,
+        complete_within: Duration::from_secs(30),
+    };
+}
+
 /// Encode a message as one frame (length prefix included).
 pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
-    let mut body = vec![WIRE_VERSION];
-    body = postcard::to_extend(msg, body).map_err(|e| WireError::Malformed(e.to_string()))?;
-    if body.len() > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge(body.len()));
+    let mut frame = vec![0, 0, 0, 0, WIRE_VERSION];
+    frame = postcard::to_extend(msg, frame).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = frame.len() - 4;
+    let limit = msg.kind().max_len();
+    if len > limit {
+        return Err(WireError::TooLarge { len, limit });
     }
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame)
 }
 
@@ -205,13 +462,20 @@ pub fn decode(body: &[u8]) -> Result<Message, WireError> {
     if version != WIRE_VERSION {
         return Err(WireError::Version(version));
     }
-    let (msg, trailing) =
-        postcard::take_from_bytes(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (msg, trailing) = postcard::take_from_bytes::<Message>(rest)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
     if !trailing.is_empty() {
         return Err(WireError::Malformed(format!(
             "{} trailing bytes",
             trailing.len()
         )));
+    }
+    let limit = msg.kind().max_len();
+    if body.len() > limit {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            limit,
+        });
     }
     Ok(msg)
 }
@@ -222,21 +486,58 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Res
     Ok(())
 }
 
-/// Read one frame. `Ok(None)` means the stream ended cleanly between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>, WireError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// Check a frame header: the announced body length, the version and the
+/// kind byte. Returns the body length.
+pub fn check_header(header: &[u8; 6], limits: &ReadLimits) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len < 2 {
+        return Err(WireError::Malformed(format!("frame of {len} bytes")));
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge(len));
+    if header[4] != WIRE_VERSION {
+        return Err(WireError::Version(header[4]));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    decode(&body).map(Some)
+    let limit = Kind(header[5]).max_len().min(limits.max_len);
+    if limit == 0 {
+        return Err(WireError::Malformed(format!(
+            "unknown message kind {}",
+            header[5]
+        )));
+    }
+    if len > limit {
+        return Err(WireError::TooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// Read one frame within `limits`. `Ok(None)` means the stream ended
+/// cleanly between frames. Waiting for a frame to *start* is unbounded
+/// (an idle control stream is normal); a started frame must complete
+/// within `limits.complete_within`.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limits: &ReadLimits,
+) -> Result<Option<Message>, WireError> {
+    let mut header = [0u8; 6];
+    if r.read(&mut header[..1]).await? == 0 {
+        return Ok(None);
+    }
+    let rest = async {
+        r.read_exact(&mut header[1..]).await?;
+        let len = check_header(&header, limits)?;
+        // Memory grows with what arrives, not with what was announced.
+        let mut body = Vec::with_capacity(len.min(4096));
+        body.extend_from_slice(&header[4..]);
+        let want = (len - 2) as u64;
+        let got = (&mut *r).take(want).read_to_end(&mut body).await?;
+        if got as u64 != want {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        decode(&body)
+    };
+    match tokio::time::timeout(limits.complete_within, rest).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Err(WireError::Stalled(limits.complete_within)),
+    }
 }
 
 #[cfg(test)]
@@ -244,13 +545,169 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn id(n: u8) -> PeerId {
+        PeerId::from_bytes([n; 32])
+    }
+
     fn sample() -> Message {
         Message::Registered {
             record: AgentRecord {
-                peer: PeerId::from_bytes([7; 32]),
+                peer: id(7),
                 addrs: vec!["127.0.0.1:5".parse().unwrap(), "[::1]:6".parse().unwrap()],
-                home: PeerId::from_bytes([9; 32]),
+                home: id(9),
             },
+        }
+    }
+
+    fn full_record(i: u16) -> AgentRecord {
+        let mut peer = [0xffu8; 32];
+        peer[..2].copy_from_slice(&i.to_be_bytes());
+        AgentRecord {
+            peer: PeerId::from_bytes(peer),
+            addrs: (0..MAX_ADDRS as u16)
+                .map(|p| {
+                    format!("[2001:db8:ffff:ffff:ffff:ffff:ffff:{p:x}]:65535")
+                        .parse()
+                        .unwrap()
+                })
+                .collect(),
+            home: id(0xff),
+        }
+    }
+
+    /// One value of every message kind, each as large as the protocol allows.
+    fn every_kind() -> Vec<Message> {
+        let info = PeerInfo {
+            peer: id(1),
+            addrs: full_record(1).addrs,
+            homes: (0..MAX_HOMES as u8).map(id).collect(),
+        };
+        let addr: SocketAddr = "[2001:db8::ffff]:65535".parse().unwrap();
+        let roles = RoleSet {
+            coordinator: true,
+            reflector: true,
+            relay: true,
+        };
+        vec![
+            Message::Hello {
+                kind: PeerKind::Agent,
+                incarnation: u64::MAX,
+            },
+            Message::Welcome {
+                incarnation: u64::MAX,
+                roles,
+                observed: Some(addr),
+            },
+            Message::Register {
+                addrs: full_record(1).addrs,
+                accept_relay: true,
+            },
+            Message::Registered {
+                record: full_record(1),
+            },
+            Message::Lookup { peer: id(2) },
+            Message::Found {
+                info: Some(info.clone()),
+            },
+            Message::Introduce { peer: id(2) },
+            Message::Introduced { info: info.clone() },
+            Message::OpenCircuit { peer: id(2) },
+            Message::CircuitOpened {
+                peer: id(2),
+                cid: u64::MAX,
+            },
+            Message::Vouch { addr },
+            Message::VouchSent,
+            Message::VouchProof { nonce: [0xff; 16] },
+            Message::Vouched { addr },
+            Message::Status,
+            Message::StatusReport {
+                status: NodeStatus {
+                    version: "0.1.0".into(),
+                    uptime_s: u64::MAX,
+                    roles,
+                    agents: u32::MAX,
+                    directory_agents: u32::MAX,
+                    expected_peers: 63,
+                    mesh: (0..64)
+                        .map(|i| MeshLinkStatus {
+                            addr: format!("{}:65535", "a".repeat(100)),
+                            peer_id: Some(id(i)),
+                            connected: true,
+                            rtt_us: Some(u32::MAX),
+                        })
+                        .collect(),
+                },
+            },
+            Message::Refused {
+                reason: Refusal::CircuitLimit("x".repeat(200)),
+            },
+            Message::Introduction { info: info.clone() },
+            Message::CircuitNotice {
+                peer: id(2),
+                cid: u64::MAX,
+            },
+            Message::CircuitClosed {
+                cid: u64::MAX,
+                reason: CircuitEnd::PeerLeft,
+            },
+            Message::DirectorySnapshot {
+                records: (0..MAX_SNAPSHOT_RECORDS as u16).map(full_record).collect(),
+            },
+            Message::DirectorySnapshotMore {
+                records: (0..MAX_SNAPSHOT_RECORDS as u16).map(full_record).collect(),
+            },
+            Message::DirectoryUpsert {
+                record: full_record(3),
+            },
+            Message::DirectoryRemove { peer: id(3) },
+            Message::ForwardIntroduction {
+                from: info,
+                to: id(4),
+            },
+            Message::Ping,
+            Message::Pong {
+                observed: Some(addr),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_fits_its_limit_at_its_largest_and_round_trips() {
+        let all = every_kind();
+        for msg in &all {
+            let frame = encode(msg).unwrap_or_else(|e| panic!("{msg:?}: {e}"));
+            // The kind byte on the wire is the one the reader checks against.
+            assert_eq!(Kind(frame[5]), msg.kind(), "{msg:?}");
+            assert_eq!(&decode(&frame[4..]).unwrap(), msg);
+        }
+        // Every variant is covered (the kind indices are contiguous).
+        let mut kinds: Vec<u8> = all.iter().map(|m| m.kind().0).collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds.len(), all.len());
+    }
+
+    #[test]
+    fn requests_are_small_and_only_snapshots_are_large() {
+        for msg in every_kind() {
+            let limit = msg.kind().max_len();
+            match msg {
+                Message::DirectorySnapshot { .. } | Message::DirectorySnapshotMore { .. } => {
+                    assert!(limit > 16 * 1024)
+                }
+                Message::Register { .. }
+                | Message::Lookup { .. }
+                | Message::Introduce { .. }
+                | Message::OpenCircuit { .. }
+                | Message::Vouch { .. }
+                | Message::VouchProof { .. }
+                | Message::Ping
+                | Message::Status => {
+                    assert!(limit <= ReadLimits::REQUEST.max_len, "{msg:?}: {limit}")
+                }
+                _ => assert!(limit <= ReadLimits::TO_AGENT.max_len, "{msg:?}: {limit}"),
+            }
         }
     }
 
@@ -258,43 +715,77 @@ mod tests {
     async fn frames_round_trip() {
         let mut buf = Vec::new();
         write_frame(&mut buf, &sample()).await.unwrap();
-        write_frame(
-            &mut buf,
-            &Message::Lookup {
-                peer: PeerId::from_bytes([1; 32]),
-            },
-        )
-        .await
-        .unwrap();
+        write_frame(&mut buf, &Message::Lookup { peer: id(1) })
+            .await
+            .unwrap();
         let mut r = buf.as_slice();
-        assert_eq!(read_frame(&mut r).await.unwrap(), Some(sample()));
+        let l = ReadLimits::TO_AGENT;
+        assert_eq!(read_frame(&mut r, &l).await.unwrap(), Some(sample()));
         assert!(matches!(
-            read_frame(&mut r).await.unwrap(),
+            read_frame(&mut r, &l).await.unwrap(),
             Some(Message::Lookup { .. })
         ));
-        assert_eq!(read_frame(&mut r).await.unwrap(), None);
+        assert_eq!(read_frame(&mut r, &l).await.unwrap(), None);
     }
 
     #[tokio::test]
-    async fn oversized_length_is_refused_before_reading_body() {
-        let mut frame = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
-        frame.push(WIRE_VERSION);
-        let err = read_frame(&mut frame.as_slice()).await.unwrap_err();
-        assert!(matches!(err, WireError::TooLarge(_)));
+    async fn a_length_over_the_kind_limit_is_refused_before_the_body() {
+        // A Lookup (kind 4) announcing 60 KiB: refused from the 6-byte header.
+        let mut frame = (60_000u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[WIRE_VERSION, 4]);
+        let err = read_frame(&mut frame.as_slice(), &ReadLimits::MESH)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { limit: 64, .. }),
+            "{err}"
+        );
         assert_eq!(err.close_code(), close::FRAME_TOO_LARGE);
+        // A snapshot is fine on a mesh stream but not on a request stream.
+        let mut snap = (30_000u32).to_be_bytes().to_vec();
+        snap.extend_from_slice(&[WIRE_VERSION, 20]);
+        let err = read_frame(&mut snap.as_slice(), &ReadLimits::REQUEST)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { limit: 1024, .. }),
+            "{err}"
+        );
+        // An unknown kind is malformed.
+        let mut odd = (10u32).to_be_bytes().to_vec();
+        odd.extend_from_slice(&[WIRE_VERSION, 99]);
+        assert!(matches!(
+            read_frame(&mut odd.as_slice(), &ReadLimits::MESH).await,
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_started_frame_must_complete_in_time() {
+        let (mut w, mut r) = tokio::io::duplex(1024);
+        let mut frame = encode(&sample()).unwrap();
+        frame.truncate(10);
+        w.write_all(&frame).await.unwrap();
+        let limits = ReadLimits {
+            max_len: 1024,
+            complete_within: Duration::from_millis(50),
+        };
+        let err = read_frame(&mut r, &limits).await.unwrap_err();
+        assert!(matches!(err, WireError::Stalled(_)), "{err}");
     }
 
     #[tokio::test]
     async fn wrong_version_and_garbage_are_errors() {
         let mut frame = encode(&sample()).unwrap();
         frame[4] = 99;
+        let l = ReadLimits::TO_AGENT;
         assert!(matches!(
-            read_frame(&mut frame.as_slice()).await,
+            read_frame(&mut frame.as_slice(), &l).await,
             Err(WireError::Version(99))
         ));
-        let garbage = [0, 0, 0, 3, WIRE_VERSION, 0xff, 0xff];
+        let garbage = [0, 0, 0, 3, WIRE_VERSION, 0x03, 0xff];
         assert!(matches!(
-            read_frame(&mut garbage.as_slice()).await,
+            read_frame(&mut garbage.as_slice(), &l).await,
             Err(WireError::Malformed(_))
         ));
         let mut trailing = encode(&sample()).unwrap();
@@ -302,7 +793,7 @@ mod tests {
         let n = trailing.len() as u32 - 4;
         trailing[..4].copy_from_slice(&n.to_be_bytes());
         assert!(matches!(
-            read_frame(&mut trailing.as_slice()).await,
+            read_frame(&mut trailing.as_slice(), &l).await,
             Err(WireError::Malformed(_))
         ));
     }
@@ -311,7 +802,11 @@ mod tests {
     async fn truncated_body_is_an_error_not_a_clean_end() {
         let frame = encode(&sample()).unwrap();
         let cut = &frame[..frame.len() - 2];
-        assert!(read_frame(&mut &cut[..]).await.is_err());
+        assert!(
+            read_frame(&mut &cut[..], &ReadLimits::TO_AGENT)
+                .await
+                .is_err()
+        );
     }
 
     proptest! {

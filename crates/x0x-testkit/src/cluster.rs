@@ -100,6 +100,12 @@ pub fn ip(net: u8, host: u8) -> String {
     format!("127.{net}.0.{host}")
 }
 
+/// The value of metric `name` (with labels) in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// One node process and its files.
 pub struct NodeProc {
     pub index: usize,
@@ -188,12 +194,30 @@ impl NodeProc {
         http_get(self.health_addr, "/metrics").unwrap_or_default()
     }
 
-    /// The value of one metric line (`name` including labels).
+    /// The value of one metric line (`name` including labels). Panics if
+    /// the node does not export it: a missing metric is a failure, never 0.
     pub fn metric(&self, name: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
+        let text = self.metrics();
+        metric_value(&text, name).unwrap_or_else(|| {
+            panic!(
+                "node {} exports no metric {name:?}; it exports:\n{}",
+                self.index,
+                text.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+
+    /// [`Self::metric`] for polling: `None` while the node does not
+    /// answer; still a panic if it answers without the metric.
+    pub fn poll_metric(&self, name: &str) -> Option<f64> {
+        let text = http_get(self.health_addr, "/metrics")?;
+        Some(
+            metric_value(&text, name)
+                .unwrap_or_else(|| panic!("node {} exports no metric {name:?}", self.index)),
+        )
     }
 }
 
@@ -283,6 +307,8 @@ impl Drop for Cluster {
 pub fn agent_network(net: u8, host: u8, nodes: &[&NodeProc]) -> x0x::NetworkConfig {
     let mut cfg =
         x0x::NetworkConfig::with_bootstrap_peers(nodes.iter().map(|n| n.quic.into()).collect());
+    // Tests wait for every node they list.
+    cfg.join_grace = Duration::from_millis(200);
     cfg.bind = format!("127.{net}.1.{host}:0").parse().unwrap();
     cfg.join_timeout = Duration::from_secs(10);
     cfg
@@ -293,7 +319,6 @@ pub async fn joined_agent(net: u8, host: u8, nodes: &[&NodeProc]) -> (x0x::Agent
     let agent = x0x::Agent::builder()
         .network(agent_network(net, host, nodes))
         .build()
-        .await
         .expect("agent binds");
     let report = agent.join_network().await.expect("agent joins");
     (agent, report)
@@ -312,12 +337,4 @@ pub fn single_node(net: u8, extra: &str) -> std::sync::Arc<Cluster> {
         .health()
         .is_some()));
     std::sync::Arc::new(c)
-}
-
-/// The next relayed datagram for `agent`, or `None` after 2 s.
-pub async fn recv_relayed(agent: &x0x::Agent) -> Option<x0x::agent::RelayedDatagram> {
-    tokio::time::timeout(Duration::from_secs(2), agent.recv_relayed())
-        .await
-        .ok()
-        .flatten()
 }

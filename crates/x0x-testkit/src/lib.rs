@@ -8,5 +8,6 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod raw;
 
 pub use cluster::*;

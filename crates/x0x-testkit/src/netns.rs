@@ -174,12 +174,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Create a lab (its wan namespace). `None` when this machine cannot:
-    /// the test should then return, having printed why it skipped.
+    /// Create a lab (its wan namespace).
+    ///
+    /// When this machine cannot (not root, tools missing) the test fails
+    /// with the reason: a test that did not run must never count as
+    /// passed. Only with `X0X_SKIP_NETNS=1` set explicitly does this
+    /// return `None` (the test then returns, having printed `SKIPPED:`).
     pub fn new(test: &str) -> Option<Lab> {
         if let Err(why) = prerequisites() {
-            skipped(test, &why);
-            return None;
+            return cannot_run(test, &why);
         }
         remove_stale_namespaces();
         let n = LABS.fetch_add(1, Ordering::SeqCst);
@@ -202,8 +205,7 @@ impl Lab {
         };
         let wan = lab.ns_name("wan");
         if let Err(why) = lab.try_add_namespace(&wan) {
-            skipped(test, &format!("ip netns add failed: {why}"));
-            return None;
+            return cannot_run(test, &format!("ip netns add failed: {why}"));
         }
         lab.wan = wan.clone();
         lab.sysctl(&wan, "net/ipv4/ip_forward", "1");
@@ -527,6 +529,11 @@ impl Lab {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, program])
             .args(args)
+            // X0X_TRACE=<filter> turns on tracing of the commands a test runs.
+            .env(
+                "RUST_LOG",
+                std::env::var("X0X_TRACE").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap())
@@ -643,11 +650,19 @@ fn remove_stale_namespaces() {
     }
 }
 
-/// Say that `test` skipped, on stderr itself: libtest captures `eprintln!`
-/// of passing tests, and a skip must be visible.
-fn skipped(test: &str, why: &str) {
-    let line = format!("SKIPPED: {test}: needs root and ip netns ({why})\n");
-    std::io::stderr().write_all(line.as_bytes()).ok();
+/// A network-namespace test cannot run here: fail, unless skipping was
+/// asked for explicitly (`X0X_SKIP_NETNS=1`). A skip is written to stderr
+/// itself (libtest captures `eprintln!` of passing tests) so it is seen.
+fn cannot_run<T>(test: &str, why: &str) -> Option<T> {
+    if std::env::var("X0X_SKIP_NETNS").as_deref() == Ok("1") {
+        let line = format!("SKIPPED: {test}: needs root and ip netns ({why}); X0X_SKIP_NETNS=1\n");
+        std::io::stderr().write_all(line.as_bytes()).ok();
+        return None;
+    }
+    panic!(
+        "NOT RUN: {test} needs root, iproute2 and iptables ({why}); run the suite as root \
+         (scripts/test.sh), or set X0X_SKIP_NETNS=1 to skip the network-namespace tests explicitly"
+    );
 }
 
 fn prerequisites() -> Result<(), String> {

@@ -96,5 +96,13 @@ async fn dial(
         .await
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
     shared.learn_mesh_addrs(&resolved, pin);
-    transport::dial_any(&shared.endpoint, &resolved, DIAL_TIMEOUT).await
+    transport::dial_any(
+        &shared.endpoint,
+        &shared.mesh_client,
+        &resolved,
+        DIAL_TIMEOUT,
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -1,13 +1,17 @@
-//! The bootstrap node: a QUIC endpoint, the mesh of configured peers, the
-//! three roles, and the health server.
+//! The bootstrap node: a QUIC endpoint on a [`socket::NodeSocket`], the
+//! mesh of configured peers, the three roles, and the health server.
 //!
 //! [`Node::start`] binds everything before it returns (so a caller can
 //! report readiness), [`Node::shutdown`] closes every connection with an
 //! application close code so peers see the departure at once.
 
+mod admission;
 mod mesh;
+mod outbox;
 mod registry;
 mod session;
+mod socket;
+mod vouch;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,21 +20,23 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
-
-use crate::config::Config;
-use crate::health::{self, Health};
-use crate::metrics::Metrics;
-use crate::roles::coordinator::Directory;
-use crate::roles::relay::Limiter;
-use registry::Registry;
+use tracing::{debug, info};
 use x0x_proto::addr::{PeerAddr, canonical};
 use x0x_proto::identity::{Identity, PeerId};
 use x0x_proto::transport::{self, TransportError, TransportOptions};
-use x0x_proto::wire::{AgentRecord, Message, PeerKind, RoleSet, close};
+use x0x_proto::wire::{self, Message, PeerInfo, PeerKind, RoleSet, close};
+
+use crate::config::Config;
+use crate::health::{self, Health};
+use crate::metrics::{LiveSnapshot, Metrics};
+use crate::roles::coordinator::Directory;
+use crate::roles::relay::Relay;
+use admission::{Admission, Verdict};
+use registry::Registry;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -48,11 +54,17 @@ pub(crate) struct Shared {
     pub incarnation: u64,
     pub config: Config,
     pub endpoint: quinn::Endpoint,
+    pub socket: Arc<socket::NodeSocket>,
     pub registry: Registry,
-    pub limiter: Limiter,
+    pub relay: Arc<Relay>,
+    pub admission: Arc<Admission>,
+    pub vouches: vouch::Vouches,
     pub metrics: Metrics,
     pub started: Instant,
     pub shutdown: CancellationToken,
+    /// Transport for connections between nodes (dialed and accepted).
+    pub mesh_client: quinn::ClientConfig,
+    pub mesh_server: Arc<quinn::ServerConfig>,
     directory: Mutex<Directory>,
     /// Configured peer address -> the identity found there.
     mesh_ids: Mutex<HashMap<PeerAddr, PeerId>>,
@@ -116,48 +128,51 @@ impl Shared {
         }
     }
 
+    /// Configured mesh peers other than this node.
+    pub fn expected_peers(&self) -> usize {
+        self.config
+            .peers
+            .len()
+            .saturating_sub(lock(&self.self_addrs).len())
+    }
+
     /// Queue a control message to every connected mesh peer.
     pub fn broadcast(&self, msg: Message) {
-        for (peer, entry) in self.registry.of_kind(PeerKind::Node) {
-            self.send_control(&peer, &entry, msg.clone());
+        for (_, entry) in self.registry.of_kind(PeerKind::Node) {
+            entry.outbox.push(msg.clone());
         }
     }
 
-    fn send_control(&self, peer: &PeerId, entry: &registry::Entry, msg: Message) -> bool {
-        match entry.control.try_send(msg) {
-            Ok(()) => true,
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                // A peer that cannot keep up would miss directory updates;
-                // reconnecting gives it a fresh snapshot.
-                warn!(peer = %peer, "control queue full; closing connection");
-                entry.conn.close(close::PROTOCOL, b"control queue overflow");
-                false
+    /// Queue a push to a local agent; counts it if its queue is full.
+    pub fn push_to_agent(&self, to: &PeerId, msg: Message) -> bool {
+        match self.registry.get(to) {
+            Some(entry) if entry.kind == PeerKind::Agent => {
+                let queued = entry.outbox.push(msg);
+                if !queued {
+                    self.metrics.pushes_dropped.inc();
+                }
+                queued
             }
-            Err(_) => false,
+            _ => false,
         }
     }
 
     /// Tell the local agent `to` that `from` wants to connect.
-    pub fn deliver_introduction(&self, to: &PeerId, from: AgentRecord) -> bool {
-        match self.registry.get(to) {
-            Some(entry) if entry.kind == PeerKind::Agent => {
-                self.send_control(to, &entry, Message::Introduction { record: from })
-            }
-            _ => false,
-        }
+    pub fn deliver_introduction(&self, to: &PeerId, from: PeerInfo) -> bool {
+        self.push_to_agent(to, Message::Introduction { info: from })
     }
 
     /// Ask mesh peer `home` to deliver an introduction to its agent `to`.
-    pub fn forward_introduction(&self, home: &PeerId, from: AgentRecord, to: PeerId) -> bool {
+    pub fn forward_introduction(&self, home: &PeerId, from: PeerInfo, to: PeerId) -> bool {
         match self.registry.get(home) {
             Some(entry) if entry.kind == PeerKind::Node => {
-                self.send_control(home, &entry, Message::ForwardIntroduction { from, to })
+                entry.outbox.push(Message::ForwardIntroduction { from, to })
             }
             _ => false,
         }
     }
 
-    /// Change the directory and send the resulting update to every mesh
+    /// Change the directory and queue the resulting update to every mesh
     /// peer while still holding the directory lock, so every peer sees the
     /// updates in the order they happened (and after any snapshot it got).
     pub fn update_directory(&self, change: impl FnOnce(&mut Directory) -> Option<Message>) {
@@ -171,7 +186,17 @@ impl Shared {
     pub fn forget(&self, peer: PeerId, kind: PeerKind) {
         match kind {
             PeerKind::Agent => {
-                self.limiter.forget(&peer);
+                for closed in self.relay.forget(&peer) {
+                    self.metrics.close_circuit("peer_left");
+                    self.push_to_agent(
+                        &closed.agent,
+                        Message::CircuitClosed {
+                            cid: closed.cid,
+                            reason: closed.reason,
+                        },
+                    );
+                }
+                self.vouches.forget(&peer);
                 self.update_directory(|d| d.unregister(&peer));
             }
             PeerKind::Node => self.directory().drop_peer(&peer),
@@ -182,15 +207,18 @@ impl Shared {
     pub fn update_gauges(&self) {
         let (nodes, agents) = self.registry.counts();
         self.metrics.peers_connected.set(nodes as i64);
+        self.metrics
+            .peers_expected
+            .set(self.expected_peers() as i64);
         self.metrics.agents_connected.set(agents as i64);
         let known = self.directory().len();
         self.metrics.directory_agents.set(known as i64);
     }
 
-    /// RTTs of live connections and open relay circuits, for `/metrics`.
-    pub fn live_paths(&self) -> crate::metrics::RttSnapshot {
+    /// Live figures for `/metrics`.
+    pub fn live(&self) -> LiveSnapshot {
         let secs = |e: &registry::Entry| e.conn.rtt().as_secs_f64();
-        crate::metrics::RttSnapshot {
+        LiveSnapshot {
             mesh: self
                 .registry
                 .of_kind(PeerKind::Node)
@@ -203,17 +231,14 @@ impl Shared {
                 .iter()
                 .map(|(_, e)| secs(e))
                 .collect(),
-            relay_circuits: self.limiter.circuits(),
+            relay_circuits: self.relay.circuits(),
+            handshakes: self.admission.handshakes(),
         }
     }
 
     pub fn health(&self) -> Health {
         let (peers, agents) = self.registry.counts();
-        let expected = self
-            .config
-            .peers
-            .len()
-            .saturating_sub(lock(&self.self_addrs).len());
+        let expected = self.expected_peers();
         Health {
             status: if peers >= expected {
                 "healthy"
@@ -231,6 +256,41 @@ impl Shared {
             listen: self.endpoint.local_addr().ok(),
         }
     }
+
+    /// What a `Status` request gets: the health figures and this node's
+    /// view of each configured mesh peer.
+    pub fn status(&self) -> wire::NodeStatus {
+        let h = self.health();
+        let self_addrs = lock(&self.self_addrs).clone();
+        let mesh = self
+            .config
+            .peers
+            .iter()
+            .filter(|p| !self_addrs.contains(&p.addr))
+            .map(|p| {
+                let id = p.id.or_else(|| self.mesh_id(&p.addr));
+                let entry = id.and_then(|id| self.registry.get(&id));
+                let connected = entry.as_ref().is_some_and(|e| e.kind == PeerKind::Node);
+                wire::MeshLinkStatus {
+                    addr: p.addr.to_string(),
+                    peer_id: id,
+                    connected,
+                    rtt_us: entry
+                        .filter(|_| connected)
+                        .map(|e| e.conn.rtt().as_micros().min(u32::MAX as u128) as u32),
+                }
+            })
+            .collect();
+        wire::NodeStatus {
+            version: h.version.to_string(),
+            uptime_s: h.uptime_s,
+            roles: self.role_set(),
+            agents: h.agents as u32,
+            directory_agents: h.directory_agents as u32,
+            expected_peers: h.expected_peers as u32,
+            mesh,
+        }
+    }
 }
 
 /// A running bootstrap node.
@@ -244,12 +304,37 @@ impl Node {
     /// Bind the QUIC socket and the health server, then start accepting,
     /// dialing the configured peers and serving health.
     pub async fn start(config: Config, identity: Identity) -> Result<Self, NodeError> {
-        let opts = TransportOptions::for_node(
+        let agents = TransportOptions::node_to_agent(
             config.transport.keepalive(),
             config.transport.idle_timeout(),
-            config.transport.udp_buffer_bytes,
         );
-        let endpoint = transport::endpoint(&identity, config.listen, &opts)?;
+        let mesh = TransportOptions::mesh(config.mesh.keepalive(), config.mesh.idle_timeout());
+        let server = transport::server_config(&identity, &agents)?;
+        let mesh_server = Arc::new(transport::server_config(&identity, &mesh)?);
+        let mesh_client = transport::client_config(&identity, &mesh)?;
+        let metrics = Metrics::new();
+        let relay = Arc::new(Relay::new(&config.limits));
+        let udp = transport::udp_socket(config.listen, config.transport.udp_buffer_bytes)?;
+        let bind_err = |source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = socket::NodeSocket::new(
+            udp,
+            relay.clone(),
+            config.roles.relay,
+            config.limits.relay_datagram_bytes,
+            metrics.clone(),
+        )
+        .map_err(bind_err)?;
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            transport::endpoint_config(),
+            Some(server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
+        endpoint.set_default_client_config(mesh_client.clone());
         let health_listener = tokio::net::TcpListener::bind(config.health.listen)
             .await
             .map_err(|source| NodeError::HealthBind {
@@ -270,22 +355,29 @@ impl Node {
         let shared = Arc::new(Shared {
             peer_id: identity.peer_id(),
             incarnation: rand::random(),
-            limiter: Limiter::new(&config.limits),
+            relay,
+            admission: Admission::new(&config.limits),
+            vouches: vouch::Vouches::default(),
             registry: Registry::new(identity.peer_id()),
             endpoint,
-            metrics: Metrics::default(),
+            socket,
+            metrics,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
-            directory: Mutex::new(Directory::default()),
+            mesh_client,
+            mesh_server,
+            directory: Mutex::new(Directory::new(config.limits.directory_records_per_peer)),
             mesh_ids: Mutex::new(HashMap::new()),
             mesh_addrs: Mutex::new(mesh_addrs),
             pinned,
             self_addrs: Mutex::new(HashSet::new()),
             config,
         });
+        shared.update_gauges();
 
         let tasks = TaskTracker::new();
         tasks.spawn(accept_loop(shared.clone(), tasks.clone()));
+        tasks.spawn(expire_loop(shared.clone()));
         for peer in shared.config.peers.clone() {
             tasks.spawn(mesh::maintain(shared.clone(), peer));
         }
@@ -321,6 +413,11 @@ impl Node {
         self.shared.health()
     }
 
+    /// The Prometheus text `/metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(self.shared.live())
+    }
+
     /// Stop accepting, close every connection with [`close::SHUTDOWN`], and
     /// wait (bounded by `grace`) for the close to reach peers.
     pub async fn shutdown(self, grace: Duration) {
@@ -338,12 +435,7 @@ impl Node {
     }
 }
 
-/// Source IPs tracked for the accept-rate limit before idle ones are pruned.
-const ACCEPT_TRACKED_IPS: usize = 4096;
-
 async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
-    let rate = shared.config.limits.accept_per_sec;
-    let mut per_ip: HashMap<std::net::IpAddr, crate::roles::relay::Bucket> = HashMap::new();
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -352,27 +444,63 @@ async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
                 None => return,
             },
         };
-        let remote = canonical(incoming.remote_address());
-        // Configured mesh peers are never locked out by agents or floods.
-        if !shared.is_mesh_addr(&remote) {
-            if shared.registry.len() >= shared.config.limits.max_connections {
-                shared.metrics.reject_connection("max_connections");
-                incoming.refuse();
-                continue;
+        let remote = incoming.remote_address();
+        let verdict = shared.admission.judge(
+            remote,
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+            shared.is_mesh_addr(&remote),
+            shared.registry.len(),
+            Instant::now(),
+        );
+        match verdict {
+            Verdict::Retry => {
+                shared.metrics.accept_retries.inc();
+                if incoming.retry().is_err() {
+                    debug!(%remote, "retry not possible; dropped");
+                }
             }
-            let now = Instant::now();
-            if per_ip.len() >= ACCEPT_TRACKED_IPS {
-                per_ip.retain(|_, b| !b.is_full(now));
-            }
-            let bucket = per_ip
-                .entry(remote.ip())
-                .or_insert_with(|| crate::roles::relay::Bucket::new(rate, now));
-            if !bucket.take(1.0, now) {
-                shared.metrics.reject_connection("accept_rate");
+            Verdict::Refuse(reason) => {
+                shared.metrics.reject_connection(reason);
                 incoming.refuse();
-                continue;
+            }
+            Verdict::Mesh | Verdict::Accept => {
+                let mesh = verdict == Verdict::Mesh;
+                let slot = shared.admission.start(remote, mesh);
+                tasks.spawn(session::inbound(shared.clone(), incoming, mesh, slot));
             }
         }
-        tasks.spawn(session::inbound(shared.clone(), incoming));
+    }
+}
+
+/// Close spent relay circuits and stale vouches, once a second.
+async fn expire_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        // Ends come in pairs (opener, target): count each circuit once.
+        for (i, closed) in shared.relay.expire(now).into_iter().enumerate() {
+            let reason = match closed.reason {
+                wire::CircuitEnd::Idle => "idle",
+                wire::CircuitEnd::Lifetime => "lifetime",
+                wire::CircuitEnd::Bytes => "bytes",
+                wire::CircuitEnd::PeerLeft => "peer_left",
+            };
+            if i.is_multiple_of(2) {
+                shared.metrics.close_circuit(reason);
+            }
+            shared.push_to_agent(
+                &closed.agent,
+                Message::CircuitClosed {
+                    cid: closed.cid,
+                    reason: closed.reason,
+                },
+            );
+        }
+        shared.vouches.expire(now);
     }
 }

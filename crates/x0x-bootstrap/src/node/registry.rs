@@ -9,10 +9,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use x0x_proto::identity::PeerId;
-use x0x_proto::wire::{Message, PeerKind};
+use x0x_proto::wire::PeerKind;
+
+use super::outbox::Outbox;
 
 /// One live, admitted connection.
 #[derive(Debug, Clone)]
@@ -24,7 +28,7 @@ pub struct Entry {
     /// Who opened this connection.
     pub dialer: PeerId,
     /// Frames to send on the connection's control stream.
-    pub control: mpsc::Sender<Message>,
+    pub outbox: Arc<Outbox>,
 }
 
 /// Whether a newly established connection replaces the existing one.

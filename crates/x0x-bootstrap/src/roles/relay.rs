@@ -1,219 +1,465 @@
-//! The relay role: forwards opaque datagrams between two agents connected to
-//! the same node, addressed by [`PeerId`].
+//! The relay role: circuits between two agents registered with this node.
 //!
-//! A relayed datagram is a QUIC datagram whose first 32 bytes name a peer:
-//! from an agent, the destination; from the node, the source. The payload is
-//! never parsed (agents encrypt it end to end). Every datagram passes a size
-//! limit, a per-peer token bucket and a global token bucket, and a new
-//! *circuit* (a source and destination pair) must fit the per-peer and
-//! global circuit limits; what does not fit is dropped and counted by reason.
+//! **Control.** An agent asks for a circuit to another agent
+//! (`OpenCircuit`). The node opens one only if the destination consented
+//! (it registered with `accept_relay`), and only within the limits: circuits
+//! per opener, per destination, per opener IP and in all. The circuit has
+//! one id per end; the opener gets its id in the reply, the destination in
+//! a `CircuitNotice` push. Circuits close when idle, at the end of their
+//! lifetime or byte allowance, or when an end leaves; a timer does that
+//! ([`Relay::expire`]), never the arrival of a packet.
+//!
+//! **Data.** Relay packets (`[0x01][cid][payload]`, see
+//! [`x0x_proto::relay`]) arrive on the node's UDP socket and are forwarded
+//! by [`Relay::route`] without QUIC termination: the source must be the
+//! address the end's agent is connected from (its QUIC connection proved
+//! it), every packet is charged at least `relay_min_charge_bytes` against
+//! the sender's bucket, the receiver's bucket and the global bucket, and the
+//! circuit's byte allowance. Circuits that exist are never evicted by new
+//! ones.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use x0x_proto::identity::PeerId;
+use x0x_proto::wire::CircuitEnd;
 
+use crate::bucket::Bucket;
 use crate::config::Limits;
+use crate::ipkey::IpKey;
 
-/// A circuit with no traffic for this long no longer counts against limits.
-pub const CIRCUIT_IDLE: Duration = Duration::from_secs(30);
-
-/// A token bucket holding at most one second of `rate` tokens.
-#[derive(Debug)]
-pub struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    pub fn new(rate: u64, now: Instant) -> Self {
-        Self {
-            rate: rate as f64,
-            tokens: rate as f64,
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.last = now;
-    }
-
-    /// Whether the bucket has refilled completely (its owner has been idle).
-    pub fn is_full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= self.rate
-    }
-
-    /// Take `cost` tokens if there are enough.
-    pub fn take(&mut self, cost: f64, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens < cost {
-            return false;
-        }
-        self.tokens -= cost;
-        true
-    }
-}
-
-/// Why a datagram was not forwarded.
+/// Why a relay packet was not forwarded (`x0x_relay_dropped_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drop {
     TooLarge,
+    NoCircuit,
+    Spoofed,
     PeerRate,
+    DestRate,
     GlobalRate,
-    PeerCircuits,
-    GlobalCircuits,
 }
 
 impl Drop {
     pub fn label(self) -> &'static str {
         match self {
             Self::TooLarge => "too_large",
+            Self::NoCircuit => "no_circuit",
+            Self::Spoofed => "spoofed",
             Self::PeerRate => "peer_rate",
+            Self::DestRate => "dest_rate",
             Self::GlobalRate => "global_rate",
-            Self::PeerCircuits => "peer_circuits",
-            Self::GlobalCircuits => "global_circuits",
         }
     }
 }
 
-/// Size and rate limits for relayed traffic.
+/// Why a circuit was not opened (`x0x_relay_circuits_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// The destination is not registered here.
+    NotHere,
+    /// The destination did not consent to relaying.
+    NoConsent,
+    /// The opener is not registered here.
+    NotRegistered,
+    PeerCircuits,
+    DestCircuits,
+    IpCircuits,
+    GlobalCircuits,
+}
+
+impl Refuse {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotHere => "not_here",
+            Self::NoConsent => "no_consent",
+            Self::NotRegistered => "not_registered",
+            Self::PeerCircuits => "relay_circuits_per_peer",
+            Self::DestCircuits => "relay_circuits_per_dest",
+            Self::IpCircuits => "relay_circuits_per_ip",
+            Self::GlobalCircuits => "relay_circuits",
+        }
+    }
+}
+
+/// A closed circuit end whose agent must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    pub agent: PeerId,
+    pub cid: u64,
+    pub reason: CircuitEnd,
+}
+
+/// Where a relay packet goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub to: SocketAddr,
+    pub cid: u64,
+}
+
+/// An agent as the relay knows it.
 #[derive(Debug)]
-pub struct Limiter {
-    max_payload: usize,
-    peer_rate: u64,
-    peer_circuits: usize,
-    global_circuits: usize,
-    state: Mutex<State>,
+struct Lane {
+    /// Where the agent's connection comes from (cached; see `current`).
+    addr: Mutex<SocketAddr>,
+    /// The agent's connection, whose address is the truth when it moved.
+    conn: Option<quinn::Connection>,
+    accepts: bool,
+    out: Mutex<Bucket>,
+    inbound: Mutex<Bucket>,
 }
 
 #[derive(Debug)]
-struct State {
-    global: Bucket,
-    peers: HashMap<PeerId, Bucket>,
-    /// (source, destination) -> last use.
-    circuits: HashMap<(PeerId, PeerId), Instant>,
-    /// Open circuits per source.
-    per_source: HashMap<PeerId, usize>,
+struct Circuit {
+    opener: PeerId,
+    target: PeerId,
+    opener_ip: IpKey,
+    created: Instant,
+    /// Milliseconds since the relay started, of the last forwarded packet.
+    last: AtomicU64,
+    bytes: AtomicU64,
 }
 
-impl State {
-    fn expire_circuits(&mut self, now: Instant) {
-        let per_source = &mut self.per_source;
-        self.circuits.retain(|(src, _), last| {
-            let keep = now.saturating_duration_since(*last) < CIRCUIT_IDLE;
-            if !keep && let Some(n) = per_source.get_mut(src) {
-                *n -= 1;
+/// One end of a circuit, keyed by its cid: packets tagged with it come
+/// from `agent` and go to the other end.
+#[derive(Debug)]
+struct End {
+    lane: Arc<Lane>,
+    other: Arc<Lane>,
+    other_cid: u64,
+    circuit: Arc<Circuit>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    lanes: HashMap<PeerId, Arc<Lane>>,
+    ends: HashMap<u64, End>,
+    by_pair: HashMap<(PeerId, PeerId), (u64, u64)>,
+    opened_by: HashMap<PeerId, usize>,
+    reaching: HashMap<PeerId, usize>,
+    per_ip: HashMap<IpKey, usize>,
+}
+
+impl Lane {
+    /// Whether `from` is where the agent is now. A mismatch with the cache
+    /// is checked against the connection itself (it may have migrated).
+    fn is_at(&self, from: SocketAddr) -> bool {
+        let mut cached = lock(&self.addr);
+        if *cached == from {
+            return true;
+        }
+        match &self.conn {
+            Some(c) if c.remote_address() == from => {
+                *cached = from;
+                true
             }
-            keep
-        });
-        per_source.retain(|_, n| *n > 0);
+            _ => false,
+        }
     }
 
-    /// Admit the circuit `from -> to`, opening it if the limits allow.
-    fn circuit(
-        &mut self,
-        from: PeerId,
-        to: PeerId,
-        now: Instant,
-        per_peer: usize,
-        global: usize,
-    ) -> Result<(), Drop> {
-        if let Some(last) = self.circuits.get_mut(&(from, to)) {
-            *last = now;
-            return Ok(());
+    /// Where the agent is now.
+    fn current(&self) -> SocketAddr {
+        match &self.conn {
+            Some(c) => {
+                let now = c.remote_address();
+                *lock(&self.addr) = now;
+                now
+            }
+            None => *lock(&self.addr),
         }
-        let open = |s: &Self| s.per_source.get(&from).copied().unwrap_or(0);
-        if open(self) >= per_peer || self.circuits.len() >= global {
-            self.expire_circuits(now);
-        }
-        if open(self) >= per_peer {
-            return Err(Drop::PeerCircuits);
-        }
-        if self.circuits.len() >= global {
-            return Err(Drop::GlobalCircuits);
-        }
-        self.circuits.insert((from, to), now);
-        *self.per_source.entry(from).or_default() += 1;
-        Ok(())
     }
 }
 
-impl Limiter {
+fn bump<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, up: bool) {
+    let n = m.entry(k).or_default();
+    if up {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Relay {
+    limits: Limits,
+    started: Instant,
+    table: RwLock<Table>,
+    global: Mutex<Bucket>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Relay {
     pub fn new(limits: &Limits) -> Self {
         let now = Instant::now();
         Self {
-            max_payload: limits.relay_datagram_bytes,
-            peer_rate: limits.relay_peer_bytes_per_sec,
-            peer_circuits: limits.relay_circuits_per_peer,
-            global_circuits: limits.relay_circuits,
-            state: Mutex::new(State {
-                global: Bucket::new(limits.relay_global_bytes_per_sec, now),
-                peers: HashMap::new(),
-                circuits: HashMap::new(),
-                per_source: HashMap::new(),
-            }),
+            limits: *limits,
+            started: now,
+            table: RwLock::new(Table::default()),
+            global: Mutex::new(Bucket::new(limits.relay_global_bytes_per_sec, now)),
         }
     }
 
-    /// Charge `len` payload bytes sent by `from` to `to`, or say why not.
-    pub fn admit(&self, from: &PeerId, to: &PeerId, len: usize, now: Instant) -> Result<(), Drop> {
-        if len > self.max_payload {
-            return Err(Drop::TooLarge);
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// An agent registered from `addr`; `accepts` is its consent to be
+    /// reached through relay circuits.
+    pub fn register(&self, agent: PeerId, addr: SocketAddr, accepts: bool) {
+        self.register_lane(agent, addr, None, accepts)
+    }
+
+    /// An agent registered on `conn`: its circuits follow the connection
+    /// when it migrates (NAT rebinding), without waiting for a tick.
+    pub fn register_conn(&self, agent: PeerId, conn: &quinn::Connection, accepts: bool) {
+        self.register_lane(agent, conn.remote_address(), Some(conn.clone()), accepts)
+    }
+
+    fn register_lane(
+        &self,
+        agent: PeerId,
+        addr: SocketAddr,
+        conn: Option<quinn::Connection>,
+        accepts: bool,
+    ) {
+        let now = Instant::now();
+        let lane = Arc::new(Lane {
+            addr: Mutex::new(addr),
+            conn,
+            accepts,
+            out: Mutex::new(Bucket::new(self.limits.relay_peer_bytes_per_sec, now)),
+            inbound: Mutex::new(Bucket::new(self.limits.relay_dest_bytes_per_sec, now)),
+        });
+        let mut t = self.write();
+        match t.lanes.get(&agent) {
+            // Re-registration on the same connection: keep buckets and circuits.
+            Some(old) if old.accepts == accepts => *lock(&old.addr) = addr,
+            _ => {
+                t.lanes.insert(agent, lane);
+            }
         }
-        let cost = len as f64;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.circuit(*from, *to, now, self.peer_circuits, self.global_circuits)?;
-        let bucket = state
-            .peers
-            .entry(*from)
-            .or_insert_with(|| Bucket::new(self.peer_rate, now));
-        bucket.refill(now);
-        if bucket.tokens < cost {
-            return Err(Drop::PeerRate);
+    }
+
+    /// The agent's connection migrated to `addr`.
+    pub fn moved(&self, agent: &PeerId, addr: SocketAddr) {
+        if let Some(lane) = self.read().lanes.get(agent) {
+            *lock(&lane.addr) = addr;
         }
-        if !state.global.take(cost, now) {
-            return Err(Drop::GlobalRate);
+    }
+
+    /// Open (or find) the circuit `opener -> target`. Returns the opener's
+    /// cid and the target's cid.
+    pub fn open(&self, opener: PeerId, target: PeerId) -> Result<(u64, u64), Refuse> {
+        let l = &self.limits;
+        let mut t = self.write();
+        if let Some(cids) = t.by_pair.get(&(opener, target)) {
+            return Ok(*cids);
         }
-        if let Some(bucket) = state.peers.get_mut(from) {
-            bucket.tokens -= cost;
+        let opener_lane = t.lanes.get(&opener).cloned().ok_or(Refuse::NotRegistered)?;
+        let target_lane = t.lanes.get(&target).cloned().ok_or(Refuse::NotHere)?;
+        if !target_lane.accepts {
+            return Err(Refuse::NoConsent);
         }
-        Ok(())
+        let ip = IpKey::of(&lock(&opener_lane.addr));
+        let count = |m: &HashMap<_, usize>, k| m.get(k).copied().unwrap_or(0);
+        if count(&t.opened_by, &opener) >= l.relay_circuits_per_peer {
+            return Err(Refuse::PeerCircuits);
+        }
+        if count(&t.reaching, &target) >= l.relay_circuits_per_dest {
+            return Err(Refuse::DestCircuits);
+        }
+        if t.per_ip.get(&ip).copied().unwrap_or(0) >= l.relay_circuits_per_ip {
+            return Err(Refuse::IpCircuits);
+        }
+        if t.by_pair.len() >= l.relay_circuits {
+            return Err(Refuse::GlobalCircuits);
+        }
+        let fresh = || loop {
+            let cid = rand::random::<u64>();
+            if cid != 0 && !t.ends.contains_key(&cid) {
+                break cid;
+            }
+        };
+        let (a, b) = (fresh(), fresh());
+        let circuit = Arc::new(Circuit {
+            opener,
+            target,
+            opener_ip: ip,
+            created: Instant::now(),
+            last: AtomicU64::new(self.now_ms(Instant::now())),
+            bytes: AtomicU64::new(0),
+        });
+        t.ends.insert(
+            a,
+            End {
+                lane: opener_lane.clone(),
+                other: target_lane.clone(),
+                other_cid: b,
+                circuit: circuit.clone(),
+            },
+        );
+        t.ends.insert(
+            b,
+            End {
+                lane: target_lane,
+                other: opener_lane,
+                other_cid: a,
+                circuit,
+            },
+        );
+        t.by_pair.insert((opener, target), (a, b));
+        bump(&mut t.opened_by, opener, true);
+        bump(&mut t.reaching, target, true);
+        bump(&mut t.per_ip, ip, true);
+        Ok((a, b))
+    }
+
+    /// Where a relay packet tagged `cid` from `from` goes, charging
+    /// `packets` packets of `bytes` payload bytes in all. `Err` says why it
+    /// is dropped.
+    pub fn route(
+        &self,
+        from: SocketAddr,
+        cid: u64,
+        packets: usize,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<Route, Drop> {
+        let l = &self.limits;
+        let t = self.read();
+        let end = t.ends.get(&cid).ok_or(Drop::NoCircuit)?;
+        if !end.lane.is_at(from) {
+            return Err(Drop::Spoofed);
+        }
+        let cost = (bytes as u64).max(packets as u64 * l.relay_min_charge_bytes) as f64;
+        {
+            let mut out = lock(&end.lane.out);
+            if !out.has(cost, now) {
+                return Err(Drop::PeerRate);
+            }
+            let mut inbound = lock(&end.other.inbound);
+            if !inbound.has(cost, now) {
+                return Err(Drop::DestRate);
+            }
+            if !lock(&self.global).take(cost, now) {
+                return Err(Drop::GlobalRate);
+            }
+            out.charge(cost);
+            inbound.charge(cost);
+        }
+        end.circuit.last.store(self.now_ms(now), Ordering::Relaxed);
+        end.circuit.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(Route {
+            to: end.other.current(),
+            cid: end.other_cid,
+        })
+    }
+
+    /// Close every circuit that is idle, too old or over its byte
+    /// allowance. Returns the ends to notify.
+    pub fn expire(&self, now: Instant) -> Vec<Closed> {
+        let l = &self.limits;
+        let idle = l.relay_circuit_idle_ms;
+        let lifetime = Duration::from_secs(l.relay_circuit_lifetime_s);
+        let now_ms = self.now_ms(now);
+        let due: Vec<((PeerId, PeerId), CircuitEnd)> = {
+            let t = self.read();
+            t.by_pair
+                .iter()
+                .filter_map(|(pair, (a, _))| {
+                    let c = &t.ends.get(a)?.circuit;
+                    let reason = if now_ms.saturating_sub(c.last.load(Ordering::Relaxed)) >= idle {
+                        CircuitEnd::Idle
+                    } else if now.saturating_duration_since(c.created) >= lifetime {
+                        CircuitEnd::Lifetime
+                    } else if c.bytes.load(Ordering::Relaxed) >= l.relay_circuit_bytes {
+                        CircuitEnd::Bytes
+                    } else {
+                        return None;
+                    };
+                    Some((*pair, reason))
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let mut t = self.write();
+        due.into_iter()
+            .flat_map(|(pair, reason)| Self::close(&mut t, pair, reason))
+            .collect()
+    }
+
+    fn close(t: &mut Table, pair: (PeerId, PeerId), reason: CircuitEnd) -> Vec<Closed> {
+        let Some((a, b)) = t.by_pair.remove(&pair) else {
+            return Vec::new();
+        };
+        let ip = t.ends.get(&a).map(|e| e.circuit.opener_ip);
+        t.ends.remove(&a);
+        t.ends.remove(&b);
+        bump(&mut t.opened_by, pair.0, false);
+        bump(&mut t.reaching, pair.1, false);
+        if let Some(ip) = ip {
+            bump(&mut t.per_ip, ip, false);
+        }
+        vec![
+            Closed {
+                agent: pair.0,
+                cid: a,
+                reason,
+            },
+            Closed {
+                agent: pair.1,
+                cid: b,
+                reason,
+            },
+        ]
+    }
+
+    /// An agent disconnected: close its circuits. Returns the other ends to notify.
+    pub fn forget(&self, agent: &PeerId) -> Vec<Closed> {
+        let mut t = self.write();
+        t.lanes.remove(agent);
+        let pairs: Vec<(PeerId, PeerId)> = t
+            .by_pair
+            .keys()
+            .filter(|(a, b)| a == agent || b == agent)
+            .copied()
+            .collect();
+        let closed: Vec<Closed> = pairs
+            .into_iter()
+            .flat_map(|p| Self::close(&mut t, p, CircuitEnd::PeerLeft))
+            .filter(|c| c.agent != *agent)
+            .collect();
+        t.opened_by.remove(agent);
+        t.reaching.remove(agent);
+        closed
     }
 
     /// Circuits open now.
     pub fn circuits(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .circuits
-            .len()
+        self.read().by_pair.len()
     }
 
-    /// Forget a disconnected peer's bucket.
-    pub fn forget(&self, peer: &PeerId) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.peers.remove(peer);
-        state.per_source.remove(peer);
-        let State {
-            circuits,
-            per_source,
-            ..
-        } = &mut *state;
-        circuits.retain(|(src, dst), _| {
-            if dst == peer
-                && src != peer
-                && let Some(n) = per_source.get_mut(src)
-            {
-                *n -= 1;
-            }
-            src != peer && dst != peer
-        });
-        per_source.retain(|_, n| *n > 0);
+    /// Who opened the circuit with this cid, and to whom (for tests and logs).
+    pub fn endpoints(&self, cid: u64) -> Option<(PeerId, PeerId)> {
+        let t = self.read();
+        let c = &t.ends.get(&cid)?.circuit;
+        Some((c.opener, c.target))
     }
 }
 
@@ -221,71 +467,177 @@ impl Limiter {
 mod tests {
     use super::*;
 
-    fn limits(peer: u64, global: u64) -> Limits {
-        Limits {
-            relay_datagram_bytes: 1000,
-            relay_peer_bytes_per_sec: peer,
-            relay_global_bytes_per_sec: global,
-            ..Limits::default()
-        }
-    }
-
     fn id(n: u8) -> PeerId {
         PeerId::from_bytes([n; 32])
     }
 
+    fn addr(n: u8) -> SocketAddr {
+        format!("10.0.{n}.1:{}", 1000 + n as u16).parse().unwrap()
+    }
+
+    fn relay(f: impl FnOnce(&mut Limits)) -> Relay {
+        let mut l = Limits::default();
+        f(&mut l);
+        let r = Relay::new(&l);
+        for n in 1..=20 {
+            r.register(id(n), addr(n), true);
+        }
+        r
+    }
+
     #[test]
-    fn circuits_are_limited_per_peer_and_globally_and_expire() {
-        let l = Limiter::new(&Limits {
-            relay_circuits_per_peer: 2,
-            relay_circuits: 3,
-            ..Limits::default()
+    fn a_circuit_needs_the_destinations_consent_and_registration() {
+        let r = relay(|_| {});
+        r.register(id(30), addr(30), false);
+        assert_eq!(r.open(id(1), id(30)), Err(Refuse::NoConsent));
+        assert_eq!(r.open(id(1), id(31)), Err(Refuse::NotHere));
+        assert_eq!(r.open(id(31), id(1)), Err(Refuse::NotRegistered));
+        let (a, b) = r.open(id(1), id(2)).unwrap();
+        assert_ne!(a, b);
+        // Asking again returns the same circuit.
+        assert_eq!(r.open(id(1), id(2)), Ok((a, b)));
+        assert_eq!(r.endpoints(b), Some((id(1), id(2))));
+    }
+
+    #[test]
+    fn packets_go_to_the_other_end_only_from_the_owners_address() {
+        let r = relay(|_| {});
+        let (a, b) = r.open(id(1), id(2)).unwrap();
+        let now = Instant::now();
+        assert_eq!(
+            r.route(addr(1), a, 1, 1200, now),
+            Ok(Route {
+                to: addr(2),
+                cid: b
+            })
+        );
+        assert_eq!(
+            r.route(addr(2), b, 1, 1200, now),
+            Ok(Route {
+                to: addr(1),
+                cid: a
+            })
+        );
+        // Someone else sending with a's cid (a spoofed or guessed id).
+        assert_eq!(r.route(addr(3), a, 1, 100, now), Err(Drop::Spoofed));
+        assert_eq!(r.route(addr(1), 12345, 1, 100, now), Err(Drop::NoCircuit));
+        // The agent's connection migrated: its new address is the one accepted.
+        r.moved(&id(1), addr(9));
+        assert_eq!(r.route(addr(1), a, 1, 100, now), Err(Drop::Spoofed));
+        assert!(r.route(addr(9), a, 1, 100, now).is_ok());
+    }
+
+    #[test]
+    fn circuit_limits_per_opener_destination_ip_and_in_all() {
+        let r = relay(|l| {
+            l.relay_circuits_per_peer = 2;
+            l.relay_circuits_per_dest = 2;
+            l.relay_circuits = 5;
+        });
+        r.open(id(1), id(10)).unwrap();
+        r.open(id(1), id(11)).unwrap();
+        assert_eq!(r.open(id(1), id(12)), Err(Refuse::PeerCircuits));
+        r.open(id(2), id(12)).unwrap();
+        r.open(id(3), id(12)).unwrap();
+        assert_eq!(r.open(id(4), id(12)), Err(Refuse::DestCircuits));
+        r.open(id(4), id(13)).unwrap();
+        assert_eq!(r.open(id(5), id(14)), Err(Refuse::GlobalCircuits));
+        assert_eq!(r.circuits(), 5);
+
+        // Many identities behind one address are held at the per-IP limit.
+        let r = relay(|l| l.relay_circuits_per_ip = 3);
+        for n in 40..50 {
+            r.register(id(n), "192.0.2.1:1".parse().unwrap(), true);
+        }
+        for n in 40..43 {
+            r.open(id(n), id(1)).unwrap();
+        }
+        assert_eq!(r.open(id(43), id(1)), Err(Refuse::IpCircuits));
+        assert!(r.open(id(2), id(1)).is_ok());
+    }
+
+    #[test]
+    fn every_packet_pays_at_least_the_minimum_against_both_ends_and_the_total() {
+        // 10 KB/s per sender, 1 KB minimum charge: ten tiny packets exhaust it.
+        let r = relay(|l| {
+            l.relay_peer_bytes_per_sec = 10_000;
+            l.relay_min_charge_bytes = 1_000;
+        });
+        let (a, _) = r.open(id(1), id(2)).unwrap();
+        let now = Instant::now();
+        for _ in 0..10 {
+            r.route(addr(1), a, 1, 1, now).unwrap();
+        }
+        assert_eq!(r.route(addr(1), a, 1, 1, now), Err(Drop::PeerRate));
+        // Another sender is unaffected.
+        let (c, _) = r.open(id(3), id(4)).unwrap();
+        assert!(r.route(addr(3), c, 1, 1, now).is_ok());
+
+        // The destination's bucket: two senders into one receiver.
+        let r = relay(|l| l.relay_dest_bytes_per_sec = 3_000);
+        let (a, _) = r.open(id(1), id(9)).unwrap();
+        let (b, _) = r.open(id(2), id(9)).unwrap();
+        assert!(r.route(addr(1), a, 1, 2_000, now).is_ok());
+        assert_eq!(r.route(addr(2), b, 1, 2_000, now), Err(Drop::DestRate));
+
+        // The global bucket.
+        let r = relay(|l| l.relay_global_bytes_per_sec = 3_000);
+        let (a, _) = r.open(id(1), id(9)).unwrap();
+        let (b, _) = r.open(id(2), id(8)).unwrap();
+        assert!(r.route(addr(1), a, 1, 2_000, now).is_ok());
+        assert_eq!(r.route(addr(2), b, 1, 2_000, now), Err(Drop::GlobalRate));
+        // Refilled after a second.
+        let later = now + Duration::from_secs(1);
+        assert!(r.route(addr(2), b, 1, 2_000, later).is_ok());
+    }
+
+    #[test]
+    fn a_timer_closes_idle_old_and_spent_circuits_and_tells_both_ends() {
+        let r = relay(|l| {
+            l.relay_circuit_idle_ms = 1_000;
+            l.relay_circuit_bytes = 5_000;
         });
         let t0 = Instant::now();
-        assert_eq!(l.admit(&id(1), &id(10), 10, t0), Ok(()));
-        assert_eq!(l.admit(&id(1), &id(11), 10, t0), Ok(()));
-        // Existing circuits keep working; a third destination does not.
-        assert_eq!(l.admit(&id(1), &id(10), 10, t0), Ok(()));
-        assert_eq!(l.admit(&id(1), &id(12), 10, t0), Err(Drop::PeerCircuits));
-        // Another peer is not affected by peer 1's quota...
-        assert_eq!(l.admit(&id(2), &id(12), 10, t0), Ok(()));
-        // ...until the global limit is reached.
-        assert_eq!(l.admit(&id(3), &id(12), 10, t0), Err(Drop::GlobalCircuits));
-        assert_eq!(l.circuits(), 3);
-        // Idle circuits expire; a departed peer's circuits close at once.
-        let later = t0 + CIRCUIT_IDLE + Duration::from_secs(1);
-        assert_eq!(l.admit(&id(1), &id(12), 10, later), Ok(()));
-        l.forget(&id(1));
-        assert_eq!(l.circuits(), 0);
+        let (a, b) = r.open(id(1), id(2)).unwrap();
+        let (c, _) = r.open(id(3), id(4)).unwrap();
+        assert!(r.expire(t0).is_empty());
+        r.route(addr(3), c, 5, 6_000, t0).unwrap();
+        let closed = r.expire(t0 + Duration::from_millis(10));
+        assert_eq!(closed.len(), 2);
+        assert!(closed.iter().all(|c| c.reason == CircuitEnd::Bytes));
+        // Circuit a<->b idles out.
+        let closed = r.expire(t0 + Duration::from_millis(1_500));
+        assert_eq!(
+            closed,
+            vec![
+                Closed {
+                    agent: id(1),
+                    cid: a,
+                    reason: CircuitEnd::Idle
+                },
+                Closed {
+                    agent: id(2),
+                    cid: b,
+                    reason: CircuitEnd::Idle
+                }
+            ]
+        );
+        assert_eq!(r.circuits(), 0);
+        assert_eq!(r.route(addr(1), a, 1, 1, t0), Err(Drop::NoCircuit));
+        // Counts were released: new circuits open again.
+        assert!(r.open(id(1), id(2)).is_ok());
     }
 
     #[test]
-    fn a_peer_over_its_quota_is_throttled_and_others_are_not() {
-        let l = Limiter::new(&limits(2000, 1_000_000));
-        let (a, b, to) = (id(1), id(2), id(9));
-        let t0 = Instant::now();
-        assert_eq!(l.admit(&a, &to, 1000, t0), Ok(()));
-        assert_eq!(l.admit(&a, &to, 1000, t0), Ok(()));
-        assert_eq!(l.admit(&a, &to, 1000, t0), Err(Drop::PeerRate));
-        assert_eq!(l.admit(&b, &to, 1000, t0), Ok(()));
-        // Half a second later a has 1000 bytes of budget again.
-        let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(l.admit(&a, &to, 1000, t1), Ok(()));
-        assert_eq!(l.admit(&a, &to, 1000, t1), Err(Drop::PeerRate));
-    }
-
-    #[test]
-    fn the_global_limit_applies_across_peers() {
-        let l = Limiter::new(&limits(1_000_000, 1500));
-        let t0 = Instant::now();
-        assert_eq!(l.admit(&id(1), &id(9), 1000, t0), Ok(()));
-        assert_eq!(l.admit(&id(2), &id(9), 1000, t0), Err(Drop::GlobalRate));
-    }
-
-    #[test]
-    fn oversized_payloads_are_dropped() {
-        let l = Limiter::new(&limits(1_000_000, 1_000_000));
-        let err = l.admit(&id(1), &id(9), 1001, Instant::now());
-        assert_eq!(err, Err(Drop::TooLarge));
+    fn a_departed_agents_circuits_close_and_the_others_are_told() {
+        let r = relay(|_| {});
+        let (_, b) = r.open(id(1), id(2)).unwrap();
+        let (c, _) = r.open(id(3), id(1)).unwrap();
+        let mut told = r.forget(&id(1));
+        told.sort_by_key(|c| c.agent);
+        assert_eq!(told.len(), 2);
+        assert_eq!((told[0].agent, told[0].cid), (id(2), b));
+        assert_eq!((told[1].agent, told[1].cid), (id(3), c));
+        assert_eq!(r.circuits(), 0);
     }
 }
