@@ -188,6 +188,8 @@ else
         pass "reproducible: both $bin binaries are identical ($(sha256sum <"$a/$bin" | cut -c1-16)...)"
       else
         cmp "$a/$bin" "$b/$bin" | head -1
+        echo "  paths and other strings in one binary only (first 10):"
+        diff <(strings -n 12 "$a/$bin" | sort -u) <(strings -n 12 "$b/$bin" | sort -u) | grep '^[<>]' | head -10 | sed 's/^/    /'
         fail "the two $bin binaries differ"
       fi
     done

@@ -25,13 +25,15 @@ cd "$tree"
 
 crates=(-p x0x-bootstrap -p x0x-cli)
 target=$tree/target/repro
+# rustc and gcc apply the LAST matching prefix: the most specific mappings go last.
 maps=("$tree=/build/source")
 if [ $vendored = 1 ]; then
   home=$tree/.cargo-home-empty
   mkdir -p "$home"
-  maps+=("$tree/vendor=/build/vendor" "$home=/build/cargo-home")
+  maps+=("$home=/build/cargo-home" "$tree/vendor=/build/vendor")
 else
   home=${CARGO_HOME:-$HOME/.cargo}
+  maps+=("$home=/build/cargo-home")
   # Crates from the registry live in $CARGO_HOME/registry/src/<index>/<name>-<version>,
   # vendored ones in vendor/<name>-<version>: both become /build/vendor/<name>-<version>.
   # Only the index directories this build's crates are in (others come and go with other
@@ -41,9 +43,7 @@ else
 import json, os, sys
 home = os.path.realpath(sys.argv[1]) + "/registry/src/"
 dirs = {os.path.dirname(os.path.dirname(p["manifest_path"])) for p in json.load(sys.stdin)["packages"]}
-print("
-".join(sorted(d for d in dirs if d.startswith(home))))' "$home")
-  maps+=("$home=/build/cargo-home")
+print("\n".join(sorted(d for d in dirs if d.startswith(home))))' "$home")
 fi
 
 rustflags='' cflags=''

@@ -133,6 +133,7 @@ in
     with subtest("identityFile: the node uses the provisioned key"):
         # Provisioned as an operator would: the key exists before the service starts.
         identity_node.wait_for_unit("multi-user.target")
+        identity_node.succeed("install -d -m 0700 ${dirOf identityFile}")
         want = json.loads(
             identity_node.succeed("x0x id --json --key ${identityFile}")
         )["peer_id"]
