@@ -51,6 +51,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "cargo doc (warnings denied, as the flake's rustdoc check)"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 
+step "crate boundaries and cargo publish --dry-run"
+scripts/check-crates.sh
+
 step "building tests (fetches crates; the tests themselves run offline)"
 cargo build --locked --workspace --all-targets
 if command -v cargo-nextest >/dev/null; then

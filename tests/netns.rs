@@ -19,3 +19,9 @@ mod mesh;
 mod nat;
 #[path = "netns/nat_model.rs"]
 mod nat_model;
+#[path = "netns/paths.rs"]
+mod paths;
+#[path = "netns/reach.rs"]
+mod reach;
+#[path = "netns/tcp.rs"]
+mod tcp;

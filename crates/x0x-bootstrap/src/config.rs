@@ -41,6 +41,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Connections between nodes.
     pub mesh: MeshConfig,
+    /// The TLS/WebSocket relay for agents whose networks block UDP.
+    pub tcp: TcpConfig,
     pub limits: Limits,
 }
 
@@ -56,6 +58,7 @@ impl Default for Config {
             log: LogConfig::default(),
             transport: TransportConfig::default(),
             mesh: MeshConfig::default(),
+            tcp: TcpConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -183,6 +186,34 @@ impl MeshConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// The TCP relay listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// TCP address of the TLS/WebSocket relay (`""`: off). Under systemd a
+    /// socket passed with `FileDescriptorName=tcp` is used instead.
+    pub listen: String,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "[::]:443".into(),
+        }
+    }
+}
+
+impl TcpConfig {
+    /// The address to listen on, `None` when off. Checked by `validate`.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        if self.listen.is_empty() {
+            None
+        } else {
+            self.listen.parse().ok()
+        }
     }
 }
 
@@ -349,6 +380,16 @@ impl Config {
                 ),
             ));
         }
+        if !self.tcp.listen.is_empty() && self.tcp.listen.parse::<SocketAddr>().is_err() {
+            return Err((
+                "tcp",
+                "listen",
+                format!(
+                    "{:?} is not an ip:port or [ipv6]:port address (\"\" turns the TCP relay off)",
+                    self.tcp.listen
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for peer in &self.peers {
             if !seen.insert(peer.addr.to_string()) {
@@ -443,6 +484,18 @@ impl Config {
     /// Settings that are valid but probably not what the operator wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        let unpinned: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.id.is_none())
+            .map(|p| p.addr.to_string())
+            .collect();
+        if !unpinned.is_empty() {
+            w.push(format!(
+                "the mesh is unpinned: {} (whoever holds such an address joins the mesh; pin each peer as PEERID@addr, e.g. from `x0x-bootstrap --print-peer-id` on that node and `peer_id` in hosts/inventory.toml)",
+                unpinned.join(", ")
+            ));
+        }
         if self.roles.relay && self.limits.relay_datagram_bytes < MIN_RELAYED_QUIC_PACKET {
             w.push(format!(
                 "limits.relay_datagram_bytes = {} is below {MIN_RELAYED_QUIC_PACKET}: the relay forwards datagrams but cannot carry relayed agent connections",

@@ -23,8 +23,14 @@ use x0x_proto::Identity;
 #[command(version, about, long_about)]
 struct Args {
     /// The TOML configuration file (see the README for every key).
-    #[arg(long, short, value_name = "FILE", env = "X0X_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        env = "X0X_CONFIG",
+        required_unless_present = "print_peer_id"
+    )]
+    config: Option<PathBuf>,
 
     /// Validate the configuration, print the effective settings and exit:
     /// 0 if valid, 78 (EX_CONFIG) if not. Binds nothing, touches no state.
@@ -35,6 +41,12 @@ struct Args {
     /// credentials: `--key-file %d/node-key`.
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
+
+    /// Print the peer id of the node's key (`--key-file`, or the key the
+    /// configuration names) and exit, to fill `peer_id` in
+    /// hosts/inventory.toml. Reads the key; never creates one.
+    #[arg(long)]
+    print_peer_id: bool,
 }
 
 /// Exit code for an internal failure (`EX_SOFTWARE`).
@@ -46,7 +58,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match Config::load(&args.config) {
+    if args.print_peer_id {
+        return print_peer_id(&args);
+    }
+    let Some(config_path) = args.config.clone() else {
+        eprintln!("x0x-bootstrap: --config is required");
+        return ExitCode::from(EX_CONFIG as u8);
+    };
+    let mut config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("x0x-bootstrap: configuration error: {e}");
@@ -57,7 +76,7 @@ fn main() -> ExitCode {
         config.key_file = Some(key);
     }
     if args.check {
-        println!("# {}: valid", args.config.display());
+        println!("# {}: valid", config_path.display());
         for w in config.warnings() {
             println!("# warning: {w}");
         }
@@ -82,6 +101,34 @@ fn main() -> ExitCode {
     // Do not wait for blocking work (a DNS lookup) beyond the shutdown budget.
     runtime.shutdown_timeout(Duration::from_millis(500));
     code
+}
+
+/// `--print-peer-id`: the id of an existing key.
+fn print_peer_id(args: &Args) -> ExitCode {
+    let path = match (&args.key_file, &args.config) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => match Config::load(c) {
+            Ok(config) => config.key_path(),
+            Err(e) => {
+                eprintln!("x0x-bootstrap: configuration error: {e}");
+                return ExitCode::from(EX_CONFIG as u8);
+            }
+        },
+        (None, None) => {
+            eprintln!("x0x-bootstrap: --print-peer-id needs --key-file or --config");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    match Identity::load(&path) {
+        Ok(id) => {
+            println!("{}", id.peer_id());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("x0x-bootstrap: {e}");
+            ExitCode::from(EX_IOERR)
+        }
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -134,7 +181,14 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    let node = match Node::start(config, identity).await {
+    let tcp = match inherited_tcp_listener() {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let node = match Node::start_with_tcp(config, identity, tcp).await {
         Ok(n) => n,
         Err(e) => {
             error!("cannot start: {e}");
@@ -153,6 +207,27 @@ async fn run(config: Config) -> ExitCode {
     notify(&[sd_notify::NotifyState::Stopping]);
     node.shutdown(SHUTDOWN_GRACE).await;
     ExitCode::SUCCESS
+}
+
+/// A TCP listener passed by systemd socket activation with
+/// `FileDescriptorName=tcp` (so the node needs no privilege for port 443).
+fn inherited_tcp_listener() -> Result<Option<std::net::TcpListener>, String> {
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        return Ok(None);
+    }
+    let fds = sd_notify::listen_fds_with_names()
+        .map_err(|e| format!("cannot read the sockets systemd passed: {e}"))?;
+    for (fd, name) in fds {
+        if name == "tcp" {
+            use std::os::fd::FromRawFd;
+            // SAFETY: systemd passed us this descriptor (LISTEN_FDS for our
+            // pid) as a listening TCP socket named "tcp"; we take ownership once.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            info!(addr = ?l.local_addr().ok(), "using the TCP relay socket systemd passed");
+            return Ok(Some(l));
+        }
+    }
+    Ok(None)
 }
 
 /// Tell systemd our state, when run under `Type=notify`.

@@ -177,3 +177,55 @@ fn help_explains_the_node() {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
 }
+
+#[test]
+fn print_peer_id_reads_an_existing_key_and_never_creates_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("node.key");
+    // RFC 8410's test key, as `openssl genpkey -algorithm ed25519` writes it.
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = Command::new(common::bootstrap_bin())
+        .args(["--print-peer-id", "--key-file"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1"
+    );
+    // Through a config's state_dir: no key there yet, so an error, and none created.
+    let (out, _, cfg_dir) = run(
+        &["--print-peer-id"],
+        &format!("state_dir = \"{}\"\n", dir.path().join("state").display()),
+    );
+    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert!(stderr(&out).contains("node.key"), "{}", stderr(&out));
+    assert!(!dir.path().join("state").join("node.key").exists());
+    drop(cfg_dir);
+}
+
+#[test]
+fn check_warns_that_an_unpinned_mesh_is_unpinned() {
+    let id = "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1";
+    let (out, _, _dir) = run(
+        &["--check"],
+        &format!("peers = [\"198.51.100.7:12000\", \"{id}@198.51.100.8:12000\"]\n"),
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# warning: the mesh is unpinned: 198.51.100.7:12000 ("),
+        "{text}"
+    );
+    assert!(!text.contains("unpinned: 198.51.100.7:12000, "), "{text}");
+    let (out, _, _dir) = run(
+        &["--check"],
+        &format!("peers = [\"{id}@198.51.100.8:12000\"]\n"),
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("unpinned"));
+}

@@ -22,6 +22,11 @@ pub struct NetArgs {
     /// repeatable. Default: the public x0x bootstrap nodes.
     #[arg(long = "bootstrap", value_name = "ADDR")]
     pub bootstrap: Vec<PeerSpec>,
+    /// The TCP relay of each `--bootstrap` node, by position (the first
+    /// `--bootstrap-tcp` is the first node's); repeatable. Default: the
+    /// node's host at port 443. Used when UDP to every node fails.
+    #[arg(long = "bootstrap-tcp", value_name = "HOST:PORT")]
+    pub bootstrap_tcp: Vec<x0x::PeerAddr>,
     /// Local UDP address to bind.
     #[arg(long, default_value = "[::]:0")]
     pub bind: SocketAddr,
@@ -57,11 +62,19 @@ pub fn ms(d: Duration) -> f64 {
 /// Build an agent for `net` and join the network.
 pub async fn join(net: &NetArgs) -> Result<(Agent, JoinReport), AgentError> {
     let mut cfg = if net.bootstrap.is_empty() {
-        NetworkConfig::default()
+        let cfg = NetworkConfig::default();
+        if cfg.bootstrap_peers.iter().any(|p| p.id.is_none()) {
+            eprintln!(
+                "x0x: warning: the public bootstrap nodes are not pinned to keys yet \
+                 (hosts/inventory.toml has no peer_id): their identities are not checked"
+            );
+        }
+        cfg
     } else {
         NetworkConfig::with_bootstrap_peers(net.bootstrap.clone())
     };
     cfg.bind = net.bind;
+    cfg.tcp_relays = net.bootstrap_tcp.clone();
     cfg.join_timeout = Duration::from_millis(net.join_timeout_ms);
     progress(
         net,

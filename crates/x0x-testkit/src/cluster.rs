@@ -240,7 +240,7 @@ impl Cluster {
                     .map(|j| format!("\"{}:12000\"", ip(net, j as u8 + 1)))
                     .collect();
                 let toml = format!(
-                    "listen = \"{ip}:12000\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{ip}:12600\"\n\n{extra}\n",
+                    "listen = \"{ip}:12000\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{ip}:12600\"\n\n[tcp]\nlisten = \"{ip}:443\"\n\n{extra}\n",
                     ip = ip(net, i as u8 + 1),
                     peers = peers.join(", "),
                     state = dir.path().join(format!("state{i}")).display(),
