@@ -22,9 +22,12 @@ in
     openFirewall = true;
     port = x0xNode.quic_port;
     health.port = x0xNode.health_port;
-    # The TCP relay (issue 11) stays off until x0x-bootstrap understands [tcp]; its port
-    # is already the inventory's, so turning it on is this one line.
-    tcp.port = x0xNode.tcp_port;
+    # The TCP relay for agents whose networks block UDP (issue 11), on the inventory's
+    # tcp_port (443): systemd binds it and hands the socket over, openFirewall opens it.
+    tcp = {
+      enable = true;
+      port = x0xNode.tcp_port;
+    };
     settings.peers = x0xNode.peers;
   };
 

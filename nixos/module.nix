@@ -124,8 +124,7 @@ in
           Whether to serve the TCP (TLS) relay for agents whose networks block UDP.
           systemd opens the listening socket (`x0x-bootstrap.socket`, file descriptor
           name `tcp`) and hands it to the service, so port 443 needs no capability.
-          Needs an x0x-bootstrap that understands the `[tcp]` table: until then its
-          `--check` rejects the configuration and the build fails.
+          When false, `[tcp] listen` is set to `""` (off).
         '';
       };
       address = lib.mkOption {
@@ -181,7 +180,7 @@ in
       description = ''
         Configuration written to the node's TOML file; see `x0x-bootstrap --help` and
         the README. `listen`, `health.listen` and `tcp.listen` are set from the typed
-        options above. Keys not declared here (`transport.*`, `limits.*`, `mesh.*`, ...)
+        options above (`tcp.listen` is `""` unless `tcp.enable`). Keys not declared here (`transport.*`, `limits.*`, `mesh.*`, ...)
         are passed through as they are; the file is checked with
         `x0x-bootstrap --check` when it is built (see `checkConfig`).
       '';
@@ -285,7 +284,9 @@ in
     services.x0x-bootstrap.settings = {
       listen = socketAddress cfg.address cfg.port;
       health.listen = socketAddress cfg.health.address cfg.health.port;
-      tcp = lib.mkIf cfg.tcp.enable { listen = socketAddress cfg.tcp.address cfg.tcp.port; };
+      # The binary's default is "[::]:443": without the socket it would try to bind that
+      # itself and, unprivileged, fail to start. Off is the empty string.
+      tcp.listen = if cfg.tcp.enable then socketAddress cfg.tcp.address cfg.tcp.port else "";
     };
 
     users.users = lib.mkIf (cfg.user == defaultUser) {

@@ -322,6 +322,7 @@ expect_probe setpriority denied "setpriority is denied (~@resources)"
 expect_probe chroot denied "chroot is denied (~@privileged)"
 expect_probe unshare denied "new namespaces are denied (RestrictNamespaces)"
 expect_probe sysctl denied "writing /proc/sys is denied (ProtectKernelTunables)"
+expect_probe bind-443 denied "binding TCP 443 itself is denied (no CAP_NET_BIND_SERVICE): the relay needs the socket unit"
 expect_probe dev-console denied "/dev/console, which the container has, is not in the service's /dev (PrivateDevices)"
 grep -q '^probe uid: [1-9]' <<<"$probe" && grep -q '^probe capeff: 0000000000000000' <<<"$probe" &&
   pass "sandbox: the probe ran as the service user, with no capabilities" || fail "sandbox: probe identity"
@@ -355,14 +356,22 @@ else
   fail "x0x-bootstrap.socket"
 fi
 if [ $tcp_supported = 1 ]; then
+  cursor=$(cx "$c" journalctl -n0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
   cx "$c" systemctl start x0x-bootstrap.service
   mp=$(cx "$c" systemctl show -P MainPID x0x-bootstrap.service)
+  holders=$(cx "$c" ss -Hltnp 'sport = :443')
+  log=$(cx "$c" journalctl --no-pager -o cat --after-cursor="$cursor" -u x0x-bootstrap.service)
   if [ "$(cx "$c" systemctl show -P ActiveState x0x-bootstrap.service)" = active ] &&
-    cx "$c" sh -c "ls -l /proc/$mp/fd | grep -q socket" && cx "$c" bash -c 'exec 3<>/dev/tcp/127.0.0.1/443'; then
-    pass "the service, without capabilities, runs with the inherited socket and TCP 443 accepts"
+    grep -q 'using the TCP relay socket systemd passed' <<<"$log" && grep -q '"x0x-bootstrap",pid='"$mp" <<<"$holders" &&
+    cx "$c" awk '/^CapEff:/ { exit $2 != "0000000000000000" }' "/proc/$mp/status" &&
+    cx "$c" timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/443'; then
+    pass "the node (no capabilities) serves the relay on the socket systemd passed: it logs so, holds :443 ($(sed 's/.*users:/users:/' <<<"$holders")), accepts"
   else
+    sed 's/^/  /' <<<"$holders"
+    grep -i tcp <<<"$log" | sed 's/^/  /'
     fail "the service with the relay socket"
   fi
+  cx "$c" systemctl stop x0x-bootstrap.service x0x-bootstrap.socket
 else
   skipped "the node taking the socket (fd 'tcp' from sd_listen_fds): this x0x-bootstrap rejects [tcp] (issue 11 is not in this tree)"
 fi

@@ -159,9 +159,14 @@ in
         for m in mesh:
             m.succeed(f"{HEALTH} | jq -e '.status == \"healthy\"'")
 
-    with subtest("QUIC port reachable from another node, health port not"):
+    with subtest("QUIC and TCP relay ports reachable from another node, health port not"):
         second.succeed(f"quic-probe {addr[first]} 12000")
         second.fail(f"quic-probe {addr[first]} 12001")
+        # 443 is bound by x0x-bootstrap.socket and served by the unprivileged node.
+        first.succeed(
+            "journalctl -u x0x-bootstrap.service | grep -q 'using the TCP relay socket systemd passed'"
+        )
+        second.succeed(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{addr[first]}/443'")
         first.succeed(HEALTH)
         second.fail(f"curl -sf --max-time 3 http://{addr[first]}:12600/health")
 

@@ -126,9 +126,9 @@ let
     }).config.boot.kernel.sysctl;
 
   tests = {
-    "defaults: listen [::]:12000, health 127.0.0.1:12600, no [tcp], peers []" =
+    "defaults: listen [::]:12000, health 127.0.0.1:12600, [tcp] listen = \"\" (off), peers []" =
       let s = settingsOf defaults; in
-      s.listen == "[::]:12000" && s.health.listen == "127.0.0.1:12600" && !(s ? tcp) && s.peers == [ ] && defaults.failed == [ ];
+      s.listen == "[::]:12000" && s.health.listen == "127.0.0.1:12600" && s.tcp.listen == "" && s.peers == [ ] && defaults.failed == [ ];
     "package defaults to the flake's x0x-bootstrap (mkPackageOption's default exists), run by its mainProgram" =
       lib.hasPrefix "/nix/store/00000000000000000000000000000000-x0x-bootstrap-0.1.0/bin/x0x-bootstrap --config " (svc defaults).ExecStart;
     "typed address and port: 0.0.0.0 and 12001 give listen 0.0.0.0:12001" =
@@ -230,6 +230,10 @@ let
         s = settingsOf (host { inventory = inv; name = "saorsa-8"; extra = [ withKey ]; });
       in
       builtins.elem "${id}@147.182.234.192:12000" s.peers && builtins.elem "142.93.199.50:12000" s.peers;
+    "host: the TCP relay on the inventory's tcp_port: socket unit, [tcp] listen, TCP and UDP opened" =
+      let r = host { name = "saorsa-7"; extra = [ withKey ]; }; in
+      r.systemd.sockets.x0x-bootstrap.listenStreams == [ "[::]:443" ] && (settingsOf r).tcp.listen == "[::]:443"
+      && r.firewall.allowedTCPPorts == [ 443 ] && r.firewall.allowedUDPPorts == [ 12000 ];
     "host: curl for reading /health over SSH" =
       builtins.elem "curl" (host { name = "saorsa-2"; extra = [ withKey ]; }).networking.x0xProbe.packages;
     "host: sshd keys only, no passwords" =
