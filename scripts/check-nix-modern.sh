@@ -133,7 +133,10 @@ for n, r in sorted(x0x.items()):
     e = r["unit"]["serviceConfig"]["ExecStart"]
     print(f"  {n}: listen {s['listen']}, {len(s['peers'])} peers {' '.join(s['peers'])}; "
           f"{'identityFile ' + r['x0x']['identityFile'] if r['x0x'].get('identityFile') else 'key in the state dir'}; "
-          f"udp {r['firewall']['allowedUDPPorts']}; root keys {len(r['rootKeys'])}")
+          f"udp {r['firewall']['allowedUDPPorts']} tcp {r['firewall']['allowedTCPPorts']}; tcp relay {s['tcp']['listen']}; "
+          f"root keys {len(r['rootKeys'])}")
+    if s["tcp"]["listen"] != "[::]:443" or 443 not in r["firewall"]["allowedTCPPorts"]:
+        problems.append(f"{n}: no TCP relay on 443")
     if not r["rootKeys"]:
         problems.append(f"{n}: no root key")
     if "--config /nix/store/" not in e:
