@@ -25,3 +25,5 @@ mod paths;
 mod reach;
 #[path = "netns/tcp.rs"]
 mod tcp;
+#[path = "netns/wan.rs"]
+mod wan;

@@ -115,6 +115,8 @@ pub fn loopback(a: u8, b: u8, c: u8) -> std::net::IpAddr {
 pub struct Node {
     pub quic: SocketAddr,
     pub health: SocketAddr,
+    /// Its TCP relay (TLS + WebSocket).
+    pub tcp: SocketAddr,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -146,6 +148,7 @@ impl Node {
         Ok(Self {
             quic,
             health,
+            tcp,
             config,
             log: dir.join(format!("{name}.log")),
             child: None,

@@ -21,6 +21,13 @@ use std::time::{Duration, Instant};
 /// test run of one package alone may not, and then this says what to do.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
+    // A program run from a directory of copied binaries (the benchmark,
+    // scripts/bench-quick.sh) finds its siblings there.
+    if let Some(beside) = exe.parent().map(|d| d.join(name))
+        && beside.is_file()
+    {
+        return beside;
+    }
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
         .parent()

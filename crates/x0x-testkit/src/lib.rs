@@ -2,6 +2,7 @@
 //!
 //! - [`cluster`]: real `x0x-bootstrap` processes on `127.<net>.0.0/24`.
 //! - [`netns`]: a lab of Linux network namespaces (routers, NATs, hosts).
+//! - [`wan`]: the six-node fleet in namespaces under real city-pair delays.
 //!
 //! Nothing here sends a packet outside 127.0.0.0/8 or the namespaces a lab
 //! creates and removes.
@@ -9,5 +10,6 @@
 pub mod cluster;
 pub mod netns;
 pub mod raw;
+pub mod wan;
 
 pub use cluster::*;

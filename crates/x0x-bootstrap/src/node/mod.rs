@@ -1,4 +1,4 @@
-//! The bootstrap node: a QUIC endpoint on a [`socket::NodeSocket`], the
+//! The bootstrap node: a QUIC endpoint on a `NodeSocket`, the
 //! mesh of configured peers, the three roles, and the health server.
 //!
 //! [`Node::start`] binds everything before it returns (so a caller can
