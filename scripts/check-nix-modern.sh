@@ -12,7 +12,13 @@
 #   3. the VM tests' nodes (checks.x86_64-linux.vm-mesh and vm-deploy) through the same
 #      harness: pkgs.testers.runNixOSTest replaced by an evaluation of every node
 #      (scripts/nix/harness/flake.nix): no failed assertion, the x0x settings and units
-#      they get, and the test scripts, which are compiled and checked with pyflakes.
+#      they get, and the test scripts, which are compiled and checked with pyflakes;
+#   4. the six real hosts through flake.nix's wiring, on a copy whose inventory gives two
+#      nodes an IPv6 address (documentation prefix; one with a gateway, one by router
+#      advertisements), as the operators will once the addresses are read off the
+#      machines: each host's TCP relay (socket [::]:443 named `tcp`, `[tcp] listen`,
+#      TCP 443 and UDP 12000 opened), QUIC on [::], and networkd carrying the IPv6
+#      address with its route or RA, and none on the nodes without one (issue 11).
 # What none of this can show: packages, crane's builds, real NixOS option declarations,
 # the VMs themselves. Needs root (the chroot); otherwise prints NOT RUN and fails unless
 # X0X_SKIP_MODERN_NIX=1.
@@ -188,6 +194,73 @@ EOF
     fail "$t: pyflakes3 is not installed (apt-get install pyflakes3)"
   fi
 done
+
+echo "== 4. the real hosts: TCP relay on 443 and IPv6 from the inventory"
+snapshot "$work/ipv6"
+echo "$test_key" >>"$work/ipv6/hosts/authorized_keys"
+python3 - "$work/ipv6/hosts/inventory.toml" <<'EOF'
+import re, sys
+p = sys.argv[1]
+text = open(p).read()
+extra = {"saorsa-6": 'ipv6 = "2001:db8:6::2"\nipv6_prefix_length = 64\nipv6_gateway = "fe80::1"',
+         "saorsa-8": 'ipv6 = "2001:db8:8::2"'}
+for name, lines in extra.items():
+    text, n = re.subn(r'(name = "%s"\n(?:(?!\[\[node\]\]).*\n)*?)# ipv6 = .*\n' % name, lambda m: m.group(1) + lines + "\n", text)
+    assert n == 1, name
+open(p, "w").write(text)
+EOF
+recommit "$work/ipv6"
+harness "$work/ipv6"
+apply='cs: builtins.mapAttrs (_: r: {
+  inherit (r) failed firewall;
+  settings = r.services.x0x-bootstrap.settings;
+  socket = r.systemd.sockets.x0x-bootstrap or null;
+  networks = r.systemd.network.networks;
+}) cs'
+if (cd "$work/ipv6" && "$mn" run nix eval --json --offline --no-write-lock-file \
+  --override-input crane "path:/x0x/inputs/crane?narHash=$crane_hash" \
+  --override-input nixpkgs path:/x0x/project/.x0x-harness .#nixosConfigurations --apply "$apply") \
+  >"$work/hosts.json" 2>"$work/hosts.err"; then
+  python3 - "$work/hosts.json" <<'EOF'
+import json, sys
+hosts = json.load(open(sys.argv[1]))
+want_v6 = {"saorsa-6": ("2001:db8:6::2/64", "fe80::1", False), "saorsa-8": ("2001:db8:8::2/64", None, True)}
+problems = []
+for name in ["saorsa-2", "saorsa-3", "saorsa-6", "saorsa-7", "saorsa-8", "saorsa-9"]:
+    r = hosts[name]
+    s, fw, sock = r["settings"], r["firewall"], r["socket"] or {}
+    net = r["networks"]["10-eth0"]
+    v6 = [a for a in net["address"] if ":" in a]
+    gws = [x["Gateway"] for x in net.get("routes", [])]
+    ra = net["networkConfig"]["IPv6AcceptRA"]
+    fd = sock.get("socketConfig", {}).get("FileDescriptorName")
+    print(f"  {name}: quic {s['listen']}, tcp relay {s['tcp']['listen']} on socket {sock.get('listenStreams')} fd {fd}; "
+          f"udp {fw['allowedUDPPorts']} tcp {fw['allowedTCPPorts']}; eth0 {' '.join(net['address'])} via {' '.join(gws)}, RA {ra}")
+    if r["failed"]:
+        problems.append(f"{name}: failed assertions {r['failed']}")
+    if s["listen"] != "[::]:12000" or s["tcp"]["listen"] != "[::]:443":
+        problems.append(f"{name}: listen {s['listen']} / tcp {s['tcp']['listen']}")
+    if sock.get("listenStreams") != ["[::]:443"] or fd != "tcp":
+        problems.append(f"{name}: relay socket {sock}")
+    if 443 not in fw["allowedTCPPorts"] or 12000 not in fw["allowedUDPPorts"]:
+        problems.append(f"{name}: firewall tcp {fw['allowedTCPPorts']} udp {fw['allowedUDPPorts']}")
+    if name in want_v6:
+        addr, gw, want_ra = want_v6[name]
+        if v6 != [addr] or ra != want_ra or (gw and gw not in gws) or (not gw and any(":" in g for g in gws)):
+            problems.append(f"{name}: IPv6 {v6}, gateways {gws}, RA {ra}; wanted {addr}, {gw}, RA {want_ra}")
+    elif v6 or ra or any(":" in g for g in gws):
+        problems.append(f"{name}: IPv6 configured without an inventory ipv6: {v6} {gws} RA {ra}")
+for p in problems:
+    print(f"  problem: {p}")
+sys.exit(1 if problems else 0)
+EOF
+  # shellcheck disable=SC2181
+  [ $? = 0 ] && pass "6 hosts: TCP relay on [::]:443 (socket fd 'tcp'; TCP 443 and UDP 12000 open), QUIC on [::]; IPv6 on eth0 exactly where the inventory has it (gateway or RA)" ||
+    fail "the real hosts' TCP relay and IPv6"
+else
+  grep -m3 -iE 'error|assert' "$work/hosts.err" | sed 's/^/  /'
+  fail "nixosConfigurations with IPv6 in the inventory do not evaluate"
+fi
 
 echo
 echo "check-nix-modern: $passes passed, $fails failed ($((SECONDS - started)) s)"

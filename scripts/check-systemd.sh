@@ -19,8 +19,11 @@
 #      systemd, as FileDescriptorName=tcp (the node's side of it once the binary has it);
 #   3. six containers on one bridge in a network namespace of their own (no uplink: 10.77.0.1-6),
 #      each with its host's rendered configuration: the full mesh (5 peers each);
-#      `systemctl stop` on one is seen by the other five (4 peers), then 5 again; a
-#      SIGKILLed node (no goodbye) is noticed by the idle timeout.
+#      `systemctl stop` on one is seen by the other five (4 peers), then 5 again;
+#      docs/NIX.md's fleet check (x0x status --inventory, jq, its exit code) run as it
+#      stands from the bridge: exit 0 on the full mesh, 1 naming the stopped node; a
+#      frozen node (SIGSTOP, no goodbye) is noticed by the idle timeout; a SIGKILLed one
+#      is restarted by Restart=always.
 #
 # What this lab cannot enforce (unit-lab's header): the cgroup v1 resource controllers of
 # this host (MemoryMax=, TasksMax=, CPUQuota=, IO*= are accepted, not enforced) and
@@ -413,6 +416,28 @@ else
       [ "$(cx "x0x-nix-m$n" systemctl show -P User x0x-bootstrap.service)" = x0x ] || fail "x0x-nix-m$n: not User=x0x"
     done
 
+    # docs/NIX.md's fleet check, run as it stands by an operator on the bridge (10.77.0.254),
+    # with hosts/inventory.toml copied and its addresses replaced by the containers'.
+    ip -n "$netns" addr add 10.77.0.254/24 dev x0xbr
+    mkdir -p "$work/op/hosts"
+    python3 - hosts/inventory.toml "$work/op/hosts/inventory.toml" <<'EOF2'
+import re, sys
+n = iter(range(1, 7))
+text = re.sub(r'(?m)^ipv4 = "[0-9.]+"', lambda m: f'ipv4 = "10.77.0.{next(n)}"', open(sys.argv[1]).read())
+open(sys.argv[2], "w").write(text)
+EOF2
+    awk '/<!-- fleet-check:/ { on = 1; next } on && /^```sh/ { next } on && /^```/ { exit } on' docs/NIX.md >"$work/op/fleet-check.sh"
+    fleet_check() { # the block's output in $work/op/out, its exit code returned
+      (cd "$work/op" && ip netns exec "$netns" env PATH="$bin_dir:$PATH" TMPDIR="$work/op" bash fleet-check.sh) >"$work/op/out" 2>&1
+    }
+    fleet_check; rc=$?
+    if [ $rc = 0 ] && grep -q "fleet healthy: 6 nodes" "$work/op/out" &&
+      [ "$(jq -r '[.nodes[] | select(.reachable and .peers == 5) | .name] | join(" ")' "$work/op/x0x-status.json")" = "${hosts[*]}" ]; then
+      pass "docs/NIX.md fleet check on the mesh: exit 0, \"$(head -1 "$work/op/out")\", all six named from the inventory with 5 peers"
+    else
+      sed 's/^/    /' "$work/op/out"; fail "docs/NIX.md fleet check on the healthy mesh: exit $rc"
+    fi
+
     wait_others() { # COUNT SECONDS EXCEPT: the other five report COUNT peers
       local count=$1 limit=$2 except=$3 t=$EPOCHREALTIME n all
       for _ in $(seq 1 $((limit * 5))); do
@@ -431,6 +456,13 @@ else
       pass "systemctl stop of ${hosts[5]}: the other five report 4 peers after ${took}s"
     else
       fail "systemctl stop of ${hosts[5]} not seen by the others within 10 s"
+    fi
+    fleet_check; rc=$?
+    if [ $rc = 1 ] && grep -q "^${hosts[5]}: unreachable" "$work/op/out" &&
+      [ "$(jq -r '[.nodes[] | select(.status == "degraded" and .peers == 4)] | length' "$work/op/x0x-status.json")" = 5 ]; then
+      pass "docs/NIX.md fleet check, ${hosts[5]} stopped: exit 1, \"$(grep "^${hosts[5]}:" "$work/op/out")\", the other five degraded at 4/5"
+    else
+      sed 's/^/    /' "$work/op/out"; fail "docs/NIX.md fleet check with ${hosts[5]} stopped: exit $rc"
     fi
     cx x0x-nix-m6 systemctl start x0x-bootstrap.service
     if took=$(wait_others 5 60 0); then pass "${hosts[5]} started again: all six back to 5 peers after ${took}s"; else fail "no full mesh after restarting ${hosts[5]}"; fi

@@ -1,19 +1,17 @@
 #!/usr/bin/env python3
-"""Small queries on the fleet for the shell scripts (deploy, adopt, first install, fleet
-status), so that none of them parses TOML or JSON in shell. Standard library only.
+"""Small queries on the fleet for the shell scripts (deploy, adopt, first install), so that
+none of them parses TOML or JSON in shell. Standard library only. (The fleet's status is
+`x0x status --inventory hosts/inventory.toml`, docs/NIX.md.)
 
   fleet.py names                                 node names, in inventory order
   fleet.py get NAME FIELD                        one inventory field, [defaults] applied
   fleet.py target NAME                           root@<ipv4>
-  fleet.py addrs                                 NAME ipv4:quic_port, one per line
   fleet.py keys FILE                             count the public keys in an authorized_keys file
   fleet.py facts FACTS_JSON                      "adopted <os id>" or "unadopted"; exit 0 either way
   fleet.py health [--peer-id ID] [--min-peers N] HEALTH_JSON|-
                                                  exit 0 when /health says the node is healthy with
                                                  all its peers (or at least N) and the expected key;
                                                  prints the verdict in words
-  fleet.py status-report STATUS_JSON|-           `x0x status --json` as one line per node, names
-                                                 from the inventory; exit 0 only if healthy
 
 Environment: X0X_INVENTORY (default: hosts/inventory.toml next to this script's parent).
 """
@@ -78,27 +76,6 @@ def health(args):
     return 0 if ok else 1
 
 
-def status_report(arg):
-    s = read_json(arg)
-    names = {f"{n['ipv4']}:{n['quic_port']}": n["name"] for n in inventory()}
-    # Peer ids to names: the inventory's pins, then what each reachable node says it is.
-    ids = {n["peer_id"]: n["name"] for n in inventory() if n.get("peer_id")}
-    for n in s.get("nodes", []):
-        if n.get("peer_id"):
-            ids[n["peer_id"]] = n.get("name") or names.get(n.get("addr"), n.get("addr"))
-    for n in s.get("nodes", []):
-        name = n.get("name") or names.get(n.get("addr"), n.get("addr"))
-        if not n.get("reachable"):
-            print(f"{name:<10} {n.get('addr'):<22} UNREACHABLE")
-            continue
-        down = [ids.get(m["peer_id"], m["peer_id"][:12] + "…") for m in n.get("mesh", []) if not m.get("connected")]
-        print(f"{name:<10} {n.get('addr'):<22} {n.get('status'):<9} peers {n.get('peers')}/{n.get('expected_peers')}"
-              f"  rtt {n.get('rtt_ms')} ms  v{n.get('version')}  up {n.get('uptime_s')} s"
-              + (f"  does not see {', '.join(down)}" if down else ""))
-    print("fleet healthy" if s.get("healthy") else "fleet NOT healthy")
-    return 0 if s.get("healthy") else 1
-
-
 def main(argv):
     if not argv:
         print(__doc__)
@@ -113,9 +90,6 @@ def main(argv):
         print(value)
     elif cmd == "target":
         print(f"root@{node(args[0])['ipv4']}")
-    elif cmd == "addrs":
-        for n in inventory():
-            print(f"{n['name']} {n['ipv4']}:{n['quic_port']}")
     elif cmd == "keys":
         text = pathlib.Path(args[0]).read_text() if pathlib.Path(args[0]).exists() else ""
         keys = [l for l in (line.strip() for line in text.splitlines()) if l and not l.startswith("#")]
@@ -129,8 +103,6 @@ def main(argv):
         print(f"adopted {(f.get('os_release') or {}).get('id')}" if f.get("adopted") else "unadopted")
     elif cmd == "health":
         return health(args)
-    elif cmd == "status-report":
-        return status_report(args[0] if args else "-")
     else:
         print(__doc__)
         return 2
