@@ -467,7 +467,8 @@ EOF2
     cx x0x-nix-m6 systemctl start x0x-bootstrap.service
     if took=$(wait_others 5 60 0); then pass "${hosts[5]} started again: all six back to 5 peers after ${took}s"; else fail "no full mesh after restarting ${hosts[5]}"; fi
     # A node that hangs says no goodbye: the others must notice by the idle timeout
-    # (transport.idle_timeout_ms + keepalive_ms, 10 s by default).
+    # (mesh.idle_timeout_ms + mesh.keepalive_ms, 3 s by default; the time printed includes
+    # polling every container's /health in turn, so it is an upper bound, not the benchmark's figure).
     cx x0x-nix-m3 systemctl kill --signal=SIGSTOP x0x-bootstrap.service
     if took=$(wait_others 4 20 3); then
       pass "${hosts[2]} frozen (SIGSTOP, no goodbye): the others notice after ${took}s (idle timeout)"

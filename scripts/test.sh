@@ -25,6 +25,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v unshare >/dev/null || need+=(util-linux)
   command -v nix-instantiate >/dev/null || need+=(nix-bin)
   command -v shellcheck >/dev/null || need+=(shellcheck)
+  command -v jq >/dev/null || need+=(jq)
   if [ ${#need[@]} -gt 0 ]; then
     echo "apt-get install ${need[*]}"
     apt-get update -qq
