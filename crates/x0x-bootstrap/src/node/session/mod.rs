@@ -47,7 +47,13 @@ pub(crate) enum SessionError {
 }
 
 impl SessionError {
+    /// Close `conn` for this error and count it, unless the connection is
+    /// already closed (then this error is a consequence, not a cause: the
+    /// other streams of a connection closed for a stalled frame fail too).
     pub(crate) fn close(&self, shared: &Shared, conn: &quinn::Connection) {
+        if conn.close_reason().is_some() {
+            return;
+        }
         let (code, label) = match self {
             Self::Wire(e) => (e.close_code(), e.label()),
             Self::Unexpected(_) => (close::PROTOCOL, "unexpected"),
