@@ -130,6 +130,7 @@ const REASONS: &[(&str, &[&str])] = &[
             "no_circuit",
             "spoofed",
             "peer_rate",
+            "ip_rate",
             "dest_rate",
             "global_rate",
             "disabled",
