@@ -586,3 +586,372 @@ async fn a_partial_frame_on_the_control_stream_is_closed_after_the_frame_deadlin
     );
     assert!(q.conn.close_reason().is_none(), "the quiet agent stays");
 }
+
+// ---------------------------------------------------------------------------
+// Relay jam by a thousand made-up identities.
+
+const JAM_NET: u8 = 156;
+/// Made-up identities, spread over `JAM_IPS` source addresses.
+const JAMMERS: usize = 1000;
+
+/// `X0X_JAM_IDENTITIES` overrides the count (for experiments; the test
+/// command runs 1 000).
+fn jammers_count() -> usize {
+    std::env::var("X0X_JAM_IDENTITIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(JAMMERS)
+}
+const JAM_IPS: usize = 4;
+/// Circuits from jammers to each victim (`relay_circuits_per_dest` allows 64).
+const TO_EACH_VICTIM: usize = 64;
+/// The relay's budgets in this test: an agent sends at most `PEER`,
+/// receives at most `DEST`, one source address sends at most `PER_IP`,
+/// all together at most `GLOBAL` (bytes a second). Small, so the jam fits
+/// two shared cores; the ratios are what matter.
+const PEER: u64 = 512 << 10;
+const DEST: u64 = 1 << 20;
+const PER_IP: u64 = 512 << 10;
+const GLOBAL: u64 = 3 << 20;
+/// What the jammers offer in all: 8 MiB/s, half of it to each other alone
+/// more than the global budget.
+const JAM_OFFERED: u64 = 8 << 20;
+/// Shares of the jam (percent) aimed at the circuits to the pair's
+/// receiver and sender: within the jammers' address budgets, the jam
+/// reaching the receiver (45% of 2 MiB/s) and the pair's own traffic
+/// exceed `DEST`, so without a fair share of the receiver's budget the
+/// jam would take it.
+const AT_RECEIVER: usize = 45;
+const AT_SENDER: usize = 5;
+const PAYLOAD: usize = 1191; // + 9 header bytes: a 1200-byte relay packet
+
+/// Bytes `conn` moves to the peer in `secs` seconds (one stream, the
+/// peer counts), as bytes a second.
+async fn throughput(conn: &quinn::Connection, secs: f64) -> Result<f64, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let chunk = vec![0xa5u8; 16 * 1024];
+    let t0 = Instant::now();
+    let deadline = Duration::from_secs_f64(secs + 10.0);
+    while t0.elapsed().as_secs_f64() < secs {
+        // A write that cannot go out for 10 s: the connection is as good as gone.
+        tokio::time::timeout(
+            deadline.saturating_sub(t0.elapsed()),
+            send.write_all(&chunk),
+        )
+        .await
+        .map_err(|_| format!("stalled for {:?}", t0.elapsed()))?
+        .map_err(|e| e.to_string())?;
+    }
+    send.finish().map_err(|e| e.to_string())?;
+    let mut count = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(30), recv.read_exact(&mut count))
+        .await
+        .map_err(|_| "no count from the receiver within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(u64::from_be_bytes(count) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Accept connections and count what each stream carries.
+async fn count_streams(agent: Arc<x0x::Agent>) {
+    while let Some(pc) = agent.accept().await {
+        let conn = pc.connection().clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while let Ok(Some(c)) = recv.read_chunk(usize::MAX, true).await {
+                        n += c.bytes.len() as u64;
+                    }
+                    let _ = send.write_all(&n.to_be_bytes()).await;
+                    let _ = send.finish();
+                });
+            }
+        });
+    }
+}
+
+/// One jammer: a made-up identity registered (consenting to relaying)
+/// over `client`'s endpoint.
+async fn jammer(client: &RawClient, node: SocketAddr) -> (PeerId, common::raw::Session) {
+    let id = Identity::generate().unwrap();
+    let peer = id.peer_id();
+    // An agent's transport (keep-alive 15 s): a thousand 1 s keep-alives
+    // would cost more than the jam.
+    let cfg = lean::client_config(&id, &lean::agent_transport());
+    // A loaded machine may lose a handshake now and then: try again.
+    let mut tries = 0;
+    let conn = loop {
+        tries += 1;
+        match x0x_proto::transport::dial(
+            &client.endpoint,
+            &cfg,
+            node,
+            Duration::from_secs(15),
+            None,
+        )
+        .await
+        {
+            Ok((conn, _)) => break conn,
+            Err(e) if tries < 4 => eprintln!("jammer dial failed ({e}); again"),
+            Err(e) => panic!("jammer dial failed {tries} times: {e}"),
+        }
+    };
+    let s = hello(conn, PeerKind::Agent).await;
+    let reply = request(
+        &s.conn,
+        &Message::Register {
+            addrs: vec![],
+            accept_relay: true,
+        },
+    )
+    .await;
+    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    (peer, s)
+}
+
+/// A registered pair of SDK agents keeps its relayed connection and its
+/// throughput (within 20%) while 1 000 made-up identities from 4 source
+/// addresses register, open every circuit they may (to each other, and
+/// 64 to each of the pair) and flood them with 1 200-byte packets at
+/// 2.7 times the relay's global budget, half of it at the pair (most at
+/// its receiver). Every refusal and drop is counted.
+///
+/// What holds the jam: the per-address budget (`relay_ip_bytes_per_sec`)
+/// keeps the jammers' 8 MiB/s within 4 x 512 KiB/s, under the global
+/// budget of 3 MiB/s; the receiver's budget (`relay_dest_bytes_per_sec`) is shared
+/// by what the receiver answers, so the 63 circuits it never answers
+/// cannot crowd out the one it uses; `relay_circuits_per_dest` and
+/// `relay_circuits_per_ip` cap the circuits. Without the first, the
+/// global budget drops the pair's packets; without the second, the
+/// receiver's budget does (the pair's connection dies either way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_jam_by_a_thousand_identities_leaves_a_registered_pair_its_throughput() {
+    // `X0X_JAM_PER_IP` overrides the address budget (e.g. 1000000000: no
+    // per-address limit), to see the jam without that defence.
+    let per_ip: u64 = std::env::var("X0X_JAM_PER_IP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PER_IP);
+    let c = common::single_node(
+        JAM_NET,
+        &format!(
+            "[limits]\nrelay_peer_bytes_per_sec = {PEER}\nrelay_dest_bytes_per_sec = {DEST}\n\
+             relay_ip_bytes_per_sec = {per_ip}\nrelay_global_bytes_per_sec = {GLOBAL}\n\
+             hello_timeout_ms = 30000\nregister_timeout_ms = 60000\n"
+        ),
+    );
+    let node = c.nodes[0].quic;
+    let test_started = Instant::now();
+
+    // The pair, relayed.
+    let (a, _) = common::joined_agent(JAM_NET, 201, &[&c.nodes[0]]).await;
+    let (b, _) = common::joined_agent(JAM_NET, 202, &[&c.nodes[0]]).await;
+    let b = Arc::new(b);
+    let server = tokio::spawn(count_streams(b.clone()));
+    let opts = x0x::ConnectOptions::default().paths(x0x::PathPolicy::RelayOnly);
+    let pc = a.connect_with(b.peer_id(), opts).await.unwrap();
+    assert_eq!(pc.path(), x0x::PathKind::Relayed);
+    let conn = pc.connection().clone();
+    throughput(&conn, 1.0).await.unwrap(); // warm up the congestion window
+    tokio::time::sleep(Duration::from_millis(1500)).await; // buckets refill
+    let quiet = throughput(&conn, 4.0).await.unwrap();
+
+    // The jammers register.
+    let clients: Arc<Vec<RawClient>> = Arc::new(
+        (1..=JAM_IPS)
+            .map(|k| RawClient::bind(&format!("127.{JAM_NET}.3.{k}:0")))
+            .collect(),
+    );
+    let gate = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    let n_jam = jammers_count();
+    for i in 0..n_jam {
+        let (clients, gate) = (clients.clone(), gate.clone());
+        set.spawn(async move {
+            let _p = gate.acquire().await.unwrap();
+            (i, jammer(&clients[i % JAM_IPS], node).await)
+        });
+    }
+    let mut jammers: Vec<Option<(PeerId, common::raw::Session)>> =
+        (0..n_jam).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, j) = r.unwrap();
+        jammers[i] = Some(j);
+    }
+    let jammers: Vec<(PeerId, common::raw::Session)> =
+        jammers.into_iter().map(Option::unwrap).collect();
+    let registered_in = test_started.elapsed();
+    // Drain what the jammers receive (their circuits to each other).
+    for k in 0..JAM_IPS {
+        let clients = clients.clone();
+        tokio::spawn(async move {
+            while clients[k]
+                .recv_raw(Duration::from_secs(600))
+                .await
+                .is_some()
+            {}
+        });
+    }
+
+    // Circuits: each jammer to the next one, and 64 (+ some over the limit) to each victim.
+    let mut to_b: Vec<Vec<u64>> = vec![Vec::new(); JAM_IPS];
+    let mut to_a: Vec<Vec<u64>> = vec![Vec::new(); JAM_IPS];
+    let mut to_jammers: Vec<Vec<u64>> = vec![Vec::new(); JAM_IPS];
+    let (mut opened, mut refused) = (0usize, Vec::new());
+    for (i, (_, s)) in jammers.iter().enumerate() {
+        let mut targets = vec![(jammers[(i + 1) % n_jam].0, &mut to_jammers)];
+        if i < TO_EACH_VICTIM + 8 {
+            targets.push((b.peer_id(), &mut to_b));
+        } else if i < 2 * (TO_EACH_VICTIM + 8) {
+            targets.push((a.peer_id(), &mut to_a));
+        }
+        for (peer, list) in targets {
+            match lookup_circuit(&s.conn, peer).await {
+                Ok(cid) => {
+                    opened += 1;
+                    list[i % JAM_IPS].push(cid);
+                }
+                Err(r) => refused.push(r),
+            }
+        }
+    }
+    let victim_circuits: usize = to_a.iter().chain(&to_b).map(Vec::len).sum();
+    eprintln!(
+        "{n_jam} jammers registered after {registered_in:?}; {opened} circuits opened \
+         ({victim_circuits} to the pair), {} refused",
+        refused.len()
+    );
+    // The pair's own circuit counts towards its destination's 64.
+    assert_eq!(
+        victim_circuits,
+        2 * TO_EACH_VICTIM - 1,
+        "held at relay_circuits_per_dest"
+    );
+
+    // The flood: one sender thread per source address, paced.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for k in 0..JAM_IPS {
+        let (clients, stop) = (clients.clone(), stop.clone());
+        let (to_b, to_a, others) = (to_b[k].clone(), to_a[k].clone(), to_jammers[k].clone());
+        senders.push(std::thread::spawn(move || {
+            let per_ip = JAM_OFFERED as f64 / JAM_IPS as f64;
+            let pps = per_ip / (PAYLOAD + 9) as f64;
+            let mut payload = vec![0u8; PAYLOAD];
+            payload[0] = 0x40; // looks like a QUIC short header
+            let t0 = Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = Duration::from_secs_f64(sent as f64 / pps);
+                if let Some(w) = due.checked_sub(t0.elapsed()) {
+                    std::thread::sleep(w);
+                }
+                let r = sent as usize;
+                let cid = match r % 100 {
+                    p if p < AT_RECEIVER && !to_b.is_empty() => to_b[r % to_b.len()],
+                    p if p < AT_RECEIVER + AT_SENDER && !to_a.is_empty() => to_a[r % to_a.len()],
+                    _ => others[r % others.len()],
+                };
+                payload[1..9].copy_from_slice(&sent.to_be_bytes());
+                clients[k].send_raw(node, &common::raw::relay_packet(cid, &payload));
+                sent += 1;
+            }
+            (sent, t0.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m0 = {
+        let c = c.clone();
+        blocking(move || c.nodes[0].metrics()).await
+    };
+    let window = Instant::now();
+    let jammed = throughput(&conn, 4.0).await;
+    let jammed_err = jammed.as_ref().err().cloned();
+    let jammed = jammed.unwrap_or(0.0);
+    let m1 = {
+        let c = c.clone();
+        blocking(move || c.nodes[0].metrics()).await
+    };
+    let window = window.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut offered = 0.0;
+    for s in senders {
+        let (n, t) = s.join().unwrap();
+        offered += n as f64 * (PAYLOAD + 9) as f64 / t.as_secs_f64();
+    }
+    let delta = |name: &str| {
+        let v = |m: &str| common::metric_value(m, name).unwrap_or_else(|| panic!("{name}"));
+        v(&m1) - v(&m0)
+    };
+    let forwarded = delta("x0x_relay_bytes_total") / window / 1024.0;
+    eprintln!(
+        "legit relayed throughput: {:.0} KiB/s quiet, {:.0} KiB/s jammed ({:.0}%); jam offered \
+         {:.0} KiB/s; node forwarded {forwarded:.0} KiB/s in all while jammed; drops while \
+         jammed: global_rate {}, ip_rate {}, peer_rate {}, dest_rate {}, no_circuit {}; \
+         total test {:?}",
+        quiet / 1024.0,
+        jammed / 1024.0,
+        100.0 * jammed / quiet,
+        offered / 1024.0,
+        delta("x0x_relay_dropped_total{reason=\"global_rate\"}"),
+        delta("x0x_relay_dropped_total{reason=\"ip_rate\"}"),
+        delta("x0x_relay_dropped_total{reason=\"peer_rate\"}"),
+        delta("x0x_relay_dropped_total{reason=\"dest_rate\"}"),
+        delta("x0x_relay_dropped_total{reason=\"no_circuit\"}"),
+        test_started.elapsed(),
+    );
+    let m = {
+        let c = c.clone();
+        blocking(move || c.nodes[0].metrics()).await
+    };
+    let total = |name: &str| common::metric_value(&m, name).unwrap_or_else(|| panic!("{name}"));
+    eprintln!(
+        "circuits refused: per_dest {}, per_ip {}, per_peer {}",
+        total("x0x_relay_circuits_refused_total{reason=\"relay_circuits_per_dest\"}"),
+        total("x0x_relay_circuits_refused_total{reason=\"relay_circuits_per_ip\"}"),
+        total("x0x_relay_circuits_refused_total{reason=\"relay_circuits_per_peer\"}"),
+    );
+    assert!(
+        offered >= 0.9 * JAM_OFFERED as f64,
+        "the jam ran at {offered:.0} B/s"
+    );
+    assert!(
+        conn.close_reason().is_none() && jammed_err.is_none(),
+        "the pair lost its connection: {jammed_err:?}"
+    );
+    assert_eq!(pc.path(), x0x::PathKind::Relayed);
+    assert!(
+        jammed >= 0.8 * quiet,
+        "jammed throughput {:.0} KiB/s is below 80% of {:.0} KiB/s",
+        jammed / 1024.0,
+        quiet / 1024.0
+    );
+    assert!(
+        total("x0x_relay_circuits_refused_total{reason=\"relay_circuits_per_dest\"}") >= 16.0,
+        "the circuits beyond relay_circuits_per_dest were refused and counted"
+    );
+    assert!(
+        total("x0x_relay_circuits_refused_total{reason=\"relay_circuits_per_ip\"}") > 0.0,
+        "the circuits beyond relay_circuits_per_ip were refused and counted"
+    );
+    assert!(
+        delta("x0x_relay_dropped_total{reason=\"ip_rate\"}") > 0.0,
+        "the jam was held at the address budgets, and that was counted"
+    );
+    drop(jammers);
+    server.abort();
+}
+
+/// Open a circuit; its cid, or the refusal.
+async fn lookup_circuit(conn: &quinn::Connection, peer: PeerId) -> Result<u64, String> {
+    loop {
+        match request(conn, &Message::OpenCircuit { peer }).await {
+            Message::CircuitOpened { cid, .. } => return Ok(cid),
+            Message::Refused {
+                reason: wire::Refusal::RateLimited,
+            } => tokio::time::sleep(Duration::from_millis(100)).await,
+            Message::Refused { reason } => return Err(format!("{reason}")),
+            other => panic!("OpenCircuit answered {other:?}"),
+        }
+    }
+}
