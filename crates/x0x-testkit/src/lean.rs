@@ -147,6 +147,8 @@ pub struct SwarmStats {
     pub failures: AtomicU64,
     /// Connections that ended while the swarm was running.
     pub lost: AtomicU64,
+    /// Why attempts failed (the error, shortened), with counts.
+    pub errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Lean agents kept registered with their nodes until [`Swarm::stop`].
@@ -223,8 +225,15 @@ impl Swarm {
                     };
                     let agent = match attempt {
                         Ok(a) => a,
-                        Err(_) => {
+                        Err(e) => {
                             stats.failures.fetch_add(1, Ordering::Relaxed);
+                            let key: String = e.chars().take(80).collect();
+                            *stats
+                                .errors
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(key)
+                                .or_default() += 1;
                             tokio::time::sleep(retry).await;
                             continue;
                         }
