@@ -23,7 +23,13 @@ use x0x_proto::Identity;
 #[command(version, about, long_about)]
 struct Args {
     /// The TOML configuration file (see the README for every key).
-    #[arg(long, short, value_name = "FILE", env = "X0X_CONFIG", required_unless_present = "print_peer_id")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        env = "X0X_CONFIG",
+        required_unless_present = "print_peer_id"
+    )]
     config: Option<PathBuf>,
 
     /// Validate the configuration, print the effective settings and exit:

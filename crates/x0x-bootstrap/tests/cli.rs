@@ -223,6 +223,9 @@ fn check_warns_that_an_unpinned_mesh_is_unpinned() {
         "{text}"
     );
     assert!(!text.contains("unpinned: 198.51.100.7:12000, "), "{text}");
-    let (out, _, _dir) = run(&["--check"], &format!("peers = [\"{id}@198.51.100.8:12000\"]\n"));
+    let (out, _, _dir) = run(
+        &["--check"],
+        &format!("peers = [\"{id}@198.51.100.8:12000\"]\n"),
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("unpinned"));
 }
