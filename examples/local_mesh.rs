@@ -86,6 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, host) in inventory.node.into_iter().enumerate() {
         let quic = addr(i, host.quic_port);
         let health = addr(i, 12600);
+        let tcp = addr(i, 443);
         let peers: Vec<String> = (0..count)
             .filter(|j| *j != i)
             .map(|j| format!("\"{}\"", addr(j, host.quic_port)))
@@ -94,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{quic}\"\npeers = [{}]\nstate_dir = \"{}\"\n[health]\nlisten = \"{health}\"\n[log]\nlevel = \"warn\"\n",
+                "listen = \"{quic}\"\npeers = [{}]\nstate_dir = \"{}\"\n[health]\nlisten = \"{health}\"\n[tcp]\nlisten = \"{tcp}\"\n[log]\nlevel = \"warn\"\n",
                 peers.join(", "),
                 dir.path().join(&host.name).display()
             ),

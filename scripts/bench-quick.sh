@@ -24,7 +24,8 @@ esac
 # Run private copies: a concurrent cargo build must not swap the binaries mid-run.
 bin=$(mktemp -d "${TMPDIR:-/tmp}/x0x-bench-bin.XXXXXX")
 trap 'rm -rf "$bin"' EXIT
-cp "$dir/x0x-bench" "$dir/x0x-bootstrap" "$bin/"
+# (x0x and x0x-netem: for `--only wan`, which finds them next to the node binary.)
+cp "$dir/x0x-bench" "$dir/x0x-bootstrap" "$dir/x0x" "$dir/x0x-netem" "$bin/"
 
 if [ $# -eq 0 ]; then
   mkdir -p "$target"

@@ -48,6 +48,8 @@ pub use network::{DEFAULT_BOOTSTRAP_PEERS, NetworkConfig};
 pub use path::{PathEvent, PathInfo, PathKind, PathPolicy, PathReason, Transport};
 /// The QUIC implementation whose types appear in this API ([`quinn::Connection`], streams).
 pub use quinn;
+/// Which addresses an agent may be told to send packets to.
+pub use x0x_proto::policy;
 /// What the directory knows about an agent (its addresses and nodes).
 pub use x0x_proto::wire::PeerInfo;
 /// Why a bootstrap node refused a request.

@@ -3,12 +3,14 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use x0x_proto::addr::PeerSpec;
+use x0x_proto::addr::{PeerAddr, PeerSpec};
 
 /// The public x0x bootstrap nodes (QUIC/UDP 12000), as listed in
 /// `hosts/inventory.toml`; a test fails if the two drift apart. A node
 /// whose inventory entry has a `peer_id` is pinned (`PEERID@addr`): an
-/// agent then refuses a node at that address with another key.
+/// agent then refuses a node at that address with another key. A node
+/// with an `ipv6` address is listed under both families (one link per
+/// node: the other family is only probed, for the agent's address there).
 ///
 /// [`NetworkConfig::default()`] joins these. Tests and examples must never
 /// use them: they pass their own local peers.
@@ -46,6 +48,40 @@ pub struct NetworkConfig {
     pub idle_timeout: Duration,
     /// Consent to be reached through bootstrap nodes' relays.
     pub accept_relay: bool,
+    /// Reach nodes over TLS/TCP when UDP to every node fails.
+    pub tcp_fallback: bool,
+    /// How long a first UDP attempt to a node may take before the TCP
+    /// relay is tried (when UDP works nowhere).
+    pub udp_attempt: Duration,
+    /// The TCP relay of each bootstrap peer, by position: entry `i` is
+    /// for `bootstrap_peers[i]`; missing entries default to the host of
+    /// that bootstrap address at port 443.
+    pub tcp_relays: Vec<PeerAddr>,
+    /// An HTTP proxy for the TCP relay (`CONNECT`). Default: from the
+    /// `HTTPS_PROXY` / `https_proxy` environment variable
+    /// (`http://host:port` or `host:port`).
+    pub https_proxy: Option<PeerAddr>,
+}
+
+/// The proxy named by `HTTPS_PROXY` / `https_proxy`, if any and valid.
+fn proxy_from_env() -> Option<PeerAddr> {
+    let v = std::env::var("HTTPS_PROXY")
+        .or_else(|_| std::env::var("https_proxy"))
+        .ok()?;
+    let v = v.trim();
+    let hostport = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .unwrap_or(v)
+        .trim_end_matches('/');
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    match hostport.parse() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("ignoring HTTPS_PROXY={v:?}: {e}");
+            None
+        }
+    }
 }
 
 impl Default for NetworkConfig {
@@ -71,6 +107,10 @@ impl NetworkConfig {
             keepalive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(40),
             accept_relay: true,
+            tcp_fallback: true,
+            udp_attempt: Duration::from_secs(2),
+            tcp_relays: Vec::new(),
+            https_proxy: proxy_from_env(),
         }
     }
 
@@ -103,24 +143,30 @@ mod tests {
         #[derive(Deserialize)]
         struct Node {
             ipv4: std::net::Ipv4Addr,
+            ipv6: Option<Ipv6Addr>,
             quic_port: u16,
             peer_id: Option<String>,
         }
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/hosts/inventory.toml");
         let text = std::fs::read_to_string(path).expect("hosts/inventory.toml is readable");
         let inventory: Inventory = toml::from_str(&text).expect("inventory parses");
+        // Both families of a node when its IPv6 address is known, IPv4 first.
         let from_inventory: Vec<String> = inventory
             .node
             .iter()
-            .map(|n| {
-                let addr = SocketAddr::new(n.ipv4.into(), n.quic_port);
-                match &n.peer_id {
-                    Some(id) => format!("{id}@{addr}"),
-                    None => addr.to_string(),
-                }
+            .flat_map(|n| {
+                let v4 = SocketAddr::new(n.ipv4.into(), n.quic_port);
+                let v6 = n.ipv6.map(|ip| SocketAddr::new(ip.into(), n.quic_port));
+                [Some(v4), v6]
+                    .into_iter()
+                    .flatten()
+                    .map(|addr| match &n.peer_id {
+                        Some(id) => format!("{id}@{addr}"),
+                        None => addr.to_string(),
+                    })
             })
             .collect();
-        assert_eq!(from_inventory.len(), 6);
+        assert_eq!(inventory.node.len(), 6);
         assert_eq!(DEFAULT_BOOTSTRAP_PEERS, from_inventory.as_slice());
         // The default network config is built from them (built, never dialed here).
         let cfg = NetworkConfig::default();

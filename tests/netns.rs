@@ -21,3 +21,11 @@ mod mesh;
 mod nat;
 #[path = "netns/nat_model.rs"]
 mod nat_model;
+#[path = "netns/paths.rs"]
+mod paths;
+#[path = "netns/reach.rs"]
+mod reach;
+#[path = "netns/tcp.rs"]
+mod tcp;
+#[path = "netns/wan.rs"]
+mod wan;

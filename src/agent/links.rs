@@ -18,9 +18,12 @@ use x0x_proto::transport;
 use x0x_proto::wire::{self, Message, PeerKind, ReadLimits};
 use x0x_proto::{PeerId, PeerSpec};
 
-use super::requests::request;
+use super::requests::{self, request};
+use super::tcp;
 use super::{BootstrapLink, Inner, JoinReport, Link, NodeState, lock};
 use crate::error::{AgentError, NodeFailure};
+use crate::path::Transport;
+use crate::socket::{Signal, Signals};
 
 /// A bootstrap link that lived this long resets the redial backoff.
 const STABLE_LINK: Duration = Duration::from_secs(2);
@@ -31,6 +34,8 @@ pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 enum First {
     Joined(BootstrapLink),
     Failed(NodeFailure),
+    /// Another address of a node already linked.
+    Duplicate,
 }
 
 /// See [`crate::Agent::join_network`].
@@ -39,7 +44,13 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
     let deadline = started + inner.network.join_timeout;
     let (tx, mut rx) = mpsc::channel(64);
     let mut waiting = Vec::new();
-    for spec in inner.network.bootstrap_peers.clone() {
+    for (index, spec) in inner
+        .network
+        .bootstrap_peers
+        .clone()
+        .into_iter()
+        .enumerate()
+    {
         let key = spec.to_string();
         // Each address is kept by one task for the agent's life.
         if !lock(&inner.maintained).insert(key.clone()) {
@@ -47,7 +58,7 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
         }
         lock(&inner.status).insert(key.clone(), NodeState::Connecting);
         waiting.push(key);
-        tokio::spawn(maintain(inner.clone(), spec, deadline, tx.clone()));
+        tokio::spawn(maintain(inner.clone(), index, spec, deadline, tx.clone()));
     }
     drop(tx);
     let mut report = JoinReport {
@@ -76,6 +87,7 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
                 report.connected.push(link);
             }
             First::Failed(f) => report.failed.push(f),
+            First::Duplicate => {}
         }
     }
     if waiting.is_empty() {
@@ -101,7 +113,7 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
             .chain(
                 lock(&inner.status)
                     .iter()
-                    .filter(|(_, s)| matches!(s, NodeState::Connected(_)))
+                    .filter(|(_, s)| matches!(s, NodeState::Connected(_) | NodeState::SameNode(_)))
                     .map(|(k, _)| k.clone()),
             )
             .collect();
@@ -136,6 +148,7 @@ pub(super) async fn join(inner: &Arc<Inner>) -> Result<JoinReport, AgentError> {
 /// (giving up on it at `deadline`), then redial whenever the link drops.
 async fn maintain(
     inner: Arc<Inner>,
+    index: usize,
     spec: PeerSpec,
     deadline: Instant,
     first: mpsc::Sender<First>,
@@ -143,37 +156,60 @@ async fn maintain(
     let key = spec.to_string();
     let mut first = Some(first);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut over_tcp: Option<OverTcp> = None;
+    let mut udp_failures = 0u32;
     loop {
-        let timeout = match first {
+        let mut timeout = match first {
             Some(_) => deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(200), STEP_TIMEOUT),
             None => STEP_TIMEOUT,
         };
+        let tcp_allowed = inner.network.tcp_fallback;
+        // UDP failed here and works with no node: try the TCP relay.
+        if tcp_allowed && udp_failures > 0 && over_tcp.is_none() && !inner.any_udp_link() {
+            match start_tcp(&inner, index, &spec).await {
+                Ok(t) => over_tcp = Some(t),
+                Err(e) => debug!(addr = %key, "TCP relay: {e}"),
+            }
+        }
+        if tcp_allowed && over_tcp.is_none() && !inner.any_udp_link() {
+            timeout = timeout.min(inner.network.udp_attempt);
+        }
         let attempt = tokio::select! {
-            _ = inner.cancel.cancelled() => return,
+            _ = inner.leaving.cancelled() => return,
             r = connect(&inner, &spec, timeout) => r,
         };
         match attempt {
-            Ok((conn, control, mut info)) => {
-                let duplicate = {
-                    let links = lock(&inner.links);
-                    links
-                        .get(&info.peer_id)
-                        .is_some_and(|l| l.conn.close_reason().is_none())
-                };
-                if duplicate {
-                    // The same node under another address: one link per node.
-                    conn.close(wire::close::DUPLICATE, b"already connected to this node");
-                    if let Some(tx) = first.take() {
-                        let _ = tx
-                            .send(First::Failed(NodeFailure {
-                                addr: key.clone(),
-                                reason: "same node as another bootstrap address".into(),
-                            }))
-                            .await;
-                    }
-                    return;
+            Ok(Dialed::SameNode {
+                conn,
+                node,
+                observed,
+            }) => {
+                // The same node under another address (its other address
+                // family): one link per node. But the node just saw us from
+                // this family: have it vouch for that address, so peers can
+                // reach us over it (IPv6 past IPv4 NATs).
+                if let Some(observed) = observed {
+                    vouch_own(&inner, node, observed).await;
+                }
+                conn.close(wire::close::NORMAL, b"probe done");
+                lock(&inner.status).insert(key.clone(), NodeState::SameNode(node));
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(First::Duplicate).await;
+                }
+                // Stand by: take over if the node's link drops.
+                tokio::select! {
+                    _ = inner.leaving.cancelled() => return,
+                    _ = link_gone(&inner, node) => {}
+                }
+                lock(&inner.status).insert(key.clone(), NodeState::Retrying("link lost".into()));
+            }
+            Ok(Dialed::Link(conn, control, mut info)) => {
+                if over_tcp.is_some() {
+                    info.transport = Transport::Tcp;
+                    // Over TCP the node sees the TCP peer, not a UDP mapping.
+                    info.observed = None;
                 }
                 info.registered = register(&inner, &conn, &info).await;
                 lock(&inner.links).insert(
@@ -189,7 +225,7 @@ async fn maintain(
                     let _ = tx.send(First::Joined(info.clone())).await;
                 }
                 let started = Instant::now();
-                run_link(&inner, conn, control, &info).await;
+                run_link(&inner, conn, control, &info, &mut over_tcp).await;
                 lock(&inner.status).insert(key.clone(), NodeState::Retrying("link lost".into()));
                 if started.elapsed() >= STABLE_LINK {
                     backoff.reset();
@@ -197,6 +233,11 @@ async fn maintain(
             }
             Err(e) => {
                 debug!(addr = %key, "bootstrap dial failed: {e}");
+                match over_tcp.take() {
+                    // The TCP route did not carry a handshake either: start over.
+                    Some(_) => {}
+                    None => udp_failures += 1,
+                }
                 lock(&inner.status).insert(key.clone(), NodeState::Retrying(e.clone()));
                 if Instant::now() + Duration::from_millis(1) >= deadline
                     && let Some(tx) = first.take()
@@ -214,21 +255,55 @@ async fn maintain(
         }
         let delay = backoff.next_delay();
         tokio::select! {
-            _ = inner.cancel.cancelled() => return,
+            _ = inner.leaving.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// A node reached over its TCP relay: the link, and the node's UDP address
+/// whose traffic it carries.
+struct OverTcp {
+    _link: tcp::TcpLink,
+    node_udp: SocketAddr,
+}
+
+async fn start_tcp(inner: &Arc<Inner>, index: usize, spec: &PeerSpec) -> Result<OverTcp, String> {
+    let node_udp = spec
+        .addr
+        .resolve()
+        .await
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .into_iter()
+        .find(|a| inner.socket.reaches(a))
+        .ok_or("resolved to no usable address")?;
+    inner.socket.allow_node(node_udp);
+    let relay = tcp::relay_addr(inner, index, &spec.addr);
+    let link = tcp::start(inner, &relay, node_udp, spec.id).await?;
+    Ok(OverTcp {
+        _link: link,
+        node_udp,
+    })
 }
 
 /// The control stream. Our side sends nothing after `Hello`, but keeps the
 /// send half open: finishing it would tell the node we are leaving.
 type Control = (quinn::SendStream, quinn::RecvStream);
 
-async fn connect(
-    inner: &Inner,
-    spec: &PeerSpec,
-    timeout: Duration,
-) -> Result<(quinn::Connection, Control, BootstrapLink), String> {
+/// What a dial to a bootstrap node gave.
+enum Dialed {
+    /// A new link.
+    Link(quinn::Connection, Control, BootstrapLink),
+    /// A node we already have a live link to, reached at another of its
+    /// addresses; probed only (nothing admitted): the address it saw us at.
+    SameNode {
+        conn: quinn::Connection,
+        node: PeerId,
+        observed: Option<SocketAddr>,
+    },
+}
+
+async fn connect(inner: &Inner, spec: &PeerSpec, timeout: Duration) -> Result<Dialed, String> {
     let resolved: Vec<SocketAddr> = spec
         .addr
         .resolve()
@@ -249,10 +324,18 @@ async fn connect(
     )
     .await
     .map_err(|e| e.to_string())?;
+    // A second link would displace the first on the node: probe instead.
+    let same_node = lock(&inner.links)
+        .get(&peer)
+        .is_some_and(|l| l.conn.close_reason().is_none());
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         let msg = Message::Hello {
-            kind: PeerKind::Agent,
+            kind: if same_node {
+                PeerKind::Probe
+            } else {
+                PeerKind::Agent
+            },
             incarnation: inner.incarnation,
         };
         wire::write_frame(&mut send, &msg).await?;
@@ -269,6 +352,13 @@ async fn connect(
         .await
         .map_err(|_| "no Welcome from node".to_string())?
         .map_err(|e| e.to_string())?;
+    if same_node {
+        return Ok(Dialed::SameNode {
+            conn,
+            node: peer,
+            observed,
+        });
+    }
     let info = BootstrapLink {
         peer_id: peer,
         addr: x0x_proto::canonical(conn.remote_address()),
@@ -276,20 +366,76 @@ async fn connect(
         observed,
         rtt: conn.rtt(),
         registered: false,
+        transport: Transport::Udp,
     };
-    Ok((conn, (send, recv), info))
+    Ok(Dialed::Link(conn, (send, recv), info))
+}
+
+/// Wait until this agent has no live link to `node`.
+async fn link_gone(inner: &Inner, node: PeerId) {
+    loop {
+        let conn = lock(&inner.links).get(&node).map(|l| l.conn.clone());
+        match conn {
+            Some(c) if c.close_reason().is_none() => {
+                c.closed().await;
+            }
+            _ => return,
+        }
+        // The link may have been replaced meanwhile: look again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Addresses of this agent's own interfaces worth telling peers about
-/// (the node keeps only local-scope ones without vouching).
+/// (the node keeps only local-scope ones without vouching): the bound
+/// address, or when bound to a wildcard every interface address at the
+/// socket's port (so agents on one LAN reach each other over it).
 fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
-    let mut v = Vec::new();
-    if let Ok(local) = inner.endpoint.local_addr()
-        && !local.ip().is_unspecified()
-    {
-        v.push(x0x_proto::canonical(local));
+    let Ok(local) = inner.endpoint.local_addr() else {
+        return Vec::new();
+    };
+    if !local.ip().is_unspecified() {
+        return vec![x0x_proto::canonical(local)];
     }
+    let port = local.port();
+    let mut v: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .map(|i| SocketAddr::new(i.ip(), port))
+        .filter(|a| inner.socket.reaches(a) && policy::is_dialable(a))
+        .filter(|a| match a.ip() {
+            // Link-local IPv6 needs a scope id: not a usable candidate.
+            std::net::IpAddr::V6(ip) => !ip.is_unicast_link_local(),
+            std::net::IpAddr::V4(_) => true,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
     v
+}
+
+/// Ask node `node` (over its existing link) to vouch for `addr`, an
+/// address it just saw us at; the nonce it sends there comes back through
+/// [`answer_vouches`]. Local-scope addresses need no vouching.
+async fn vouch_own(inner: &Arc<Inner>, node: PeerId, addr: SocketAddr) {
+    if policy::is_local_scope(&addr) || !policy::is_dialable(&addr) {
+        return;
+    }
+    let conn = lock(&inner.links).get(&node).map(|l| l.conn.clone());
+    let Some(conn) = conn else { return };
+    match request(&conn, &Message::Vouch { addr }).await {
+        Ok(Message::VouchSent) => {
+            {
+                let mut extra = lock(&inner.own_extra);
+                if !extra.contains(&addr) {
+                    extra.push(addr);
+                }
+            }
+            refresh_candidates(inner);
+        }
+        other => debug!(%addr, "vouch refused: {other:?}"),
+    }
 }
 
 /// Register with the node's coordinator. Returns whether it accepted.
@@ -314,6 +460,7 @@ fn refresh_candidates(inner: &Inner) {
         .filter_map(|l| l.info.observed)
         .collect();
     own.extend(local_candidates(inner));
+    own.extend(lock(&inner.own_extra).iter().copied());
     own.dedup();
     let mut seen = Vec::new();
     own.retain(|a| {
@@ -324,12 +471,14 @@ fn refresh_candidates(inner: &Inner) {
     inner.socket.set_own_candidates(own);
 }
 
-/// Serve one bootstrap link until it closes: pushes on the control stream.
+/// Serve one bootstrap link until it closes: pushes on the control
+/// stream, and (over TCP) checks whether UDP works again.
 async fn run_link(
     inner: &Arc<Inner>,
     conn: quinn::Connection,
     control: Control,
     info: &BootstrapLink,
+    over_tcp: &mut Option<OverTcp>,
 ) {
     let (_send, mut control) = control;
     let node = info.peer_id;
@@ -342,21 +491,62 @@ async fn run_link(
             }
         }
     };
-    tokio::select! {
-        _ = pushes => {},
-        _ = conn.closed() => {},
-        _ = inner.cancel.cancelled() => {},
-    }
-    {
-        let mut links = lock(&inner.links);
-        if links
-            .get(&node)
-            .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
-        {
-            links.remove(&node);
+    tokio::pin!(pushes);
+    let node_udp = over_tcp.as_ref().map(|t| t.node_udp);
+    let socket = inner.socket.clone();
+    let recheck = async move {
+        let Some(node_udp) = node_udp else {
+            return std::future::pending().await;
+        };
+        let mut tick = tokio::time::interval(tcp::UDP_RECHECK);
+        loop {
+            tick.tick().await;
+            if socket.udp_echoed(&node_udp).is_some() {
+                return node_udp;
+            }
+            socket.udp_check(node_udp);
+        }
+    };
+    tokio::pin!(recheck);
+    let mut rechecking = node_udp.is_some();
+    loop {
+        tokio::select! {
+            _ = &mut pushes => break,
+            _ = conn.closed() => break,
+            _ = inner.cancel.cancelled() => break,
+            node_udp = &mut recheck, if rechecking => {
+                // UDP works again: the same QUIC link moves to it (the node
+                // sees a migration); the WebSocket closes a little later.
+                rechecking = false;
+                inner.socket.set_tcp_route(node_udp, None);
+                if let Some(l) = lock(&inner.links).get_mut(&node) {
+                    l.info.transport = Transport::Udp;
+                }
+                tokio::spawn(poke(inner.clone(), conn.clone()));
+                if let Some(t) = over_tcp.take() {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        drop(t);
+                    });
+                }
+                debug!(node = %node.short(), "back on UDP");
+            }
         }
     }
-    inner.socket.node_lost(&node);
+    let lost = {
+        let mut links = lock(&inner.links);
+        let ours = links
+            .get(&node)
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        if ours {
+            links.remove(&node);
+        }
+        // A newer link to the node (it replaced this one) keeps its paths.
+        ours || !links.contains_key(&node)
+    };
+    if lost {
+        inner.socket.node_lost(&node);
+    }
     refresh_candidates(inner);
 }
 
@@ -377,34 +567,47 @@ fn on_push(inner: &Inner, node: PeerId, node_addr: SocketAddr, msg: Message) {
     }
 }
 
-/// Return vouch nonces that reached us to the node that sent them.
-pub(super) async fn answer_vouches(
-    inner: Arc<Inner>,
-    mut nonces: mpsc::Receiver<(SocketAddr, [u8; 16])>,
-) {
+/// Do what the socket asks: return vouch nonces that reached us to the
+/// node that sent them, look peers up again.
+pub(super) async fn on_socket_signals(inner: Arc<Inner>, mut signals: Signals) {
     loop {
-        let (from, nonce) = tokio::select! {
+        let signal = tokio::select! {
             _ = inner.cancel.cancelled() => return,
-            n = nonces.recv() => match n { Some(n) => n, None => return },
+            s = signals.recv() => match s { Some(s) => s, None => return },
         };
-        // The nonce may come from another address of the node (its other
-        // family): offer it to every link; only the node that issued it accepts.
-        let conns: Vec<quinn::Connection> = lock(&inner.links)
-            .values()
-            .map(|l| l.conn.clone())
-            .collect();
-        let _ = from;
-        for conn in conns {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                if let Ok(Message::Vouched { addr }) =
-                    request(&conn, &Message::VouchProof { nonce }).await
-                {
-                    debug!(%addr, "address vouched for");
-                    refresh_candidates(&inner);
-                }
-            });
+        match signal {
+            Signal::Nonce(nonce) => return_nonce(&inner, nonce),
+            Signal::Unvouched(peer) => {
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(info)) = requests::lookup(&inner, peer).await {
+                        debug!(peer = %peer.short(), addrs = ?info.addrs, "record looked up again");
+                        inner.socket.remote(info.peer, &info.addrs, false);
+                        inner.remember(&info);
+                    }
+                });
+            }
         }
+    }
+}
+
+/// Offer a vouch nonce on every link: it may come from another address
+/// of the node (its other family); only the node that issued it accepts.
+fn return_nonce(inner: &Arc<Inner>, nonce: [u8; 16]) {
+    let conns: Vec<quinn::Connection> = lock(&inner.links)
+        .values()
+        .map(|l| l.conn.clone())
+        .collect();
+    for conn in conns {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Ok(Message::Vouched { addr }) =
+                request(&conn, &Message::VouchProof { nonce }).await
+            {
+                debug!(%addr, "address vouched for");
+                refresh_candidates(&inner);
+            }
+        });
     }
 }
 

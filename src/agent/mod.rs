@@ -18,6 +18,7 @@ mod links;
 mod paths;
 mod peer;
 mod requests;
+mod tcp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +53,8 @@ pub struct BootstrapLink {
     pub rtt: Duration,
     /// Whether the node's coordinator accepted our registration.
     pub registered: bool,
+    /// How this agent reaches the node: UDP, or TLS/TCP when UDP is blocked.
+    pub transport: crate::path::Transport,
 }
 
 /// Where the agent is with one configured bootstrap node.
@@ -64,6 +67,9 @@ pub enum NodeState {
     Connected(BootstrapLink),
     /// Not connected; retrying in the background after this error.
     Retrying(String),
+    /// Another configured address of this node (say its IPv6 one) is
+    /// already linked; this one served to have that address vouched for.
+    SameNode(PeerId),
 }
 
 /// One configured bootstrap node and the agent's state with it.
@@ -205,12 +211,16 @@ impl AgentBuilder {
         let server = transport::server_config(&identity, &peers)?;
         let peer_client = transport::client_config(&identity, &peers)?;
         let node_client = transport::client_config(&identity, &nodes)?;
+        let tcp_tls = Arc::new(
+            x0x_proto::tls::tcp_client_config(&identity)
+                .map_err(|e| AgentError::Setup(e.to_string()))?,
+        );
         let udp = bind(network.bind)?;
         let local = udp.local_addr().map_err(|source| AgentError::Bind {
             addr: network.bind,
             source,
         })?;
-        let (socket, vouches) =
+        let (socket, signals) =
             MuxSocket::new(udp, identity.peer_id()).map_err(|source| AgentError::Bind {
                 addr: local,
                 source,
@@ -236,18 +246,21 @@ impl AgentBuilder {
             socket,
             node_client,
             peer_client,
+            tcp_tls,
             links: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             maintained: Mutex::new(HashSet::new()),
             homes: Mutex::new(HashMap::new()),
+            own_extra: Mutex::new(Vec::new()),
             accepted: accept_tx,
+            leaving: cancel.child_token(),
             cancel: cancel.clone(),
             connections_direct: AtomicU64::new(0),
             connections_relayed: AtomicU64::new(0),
         });
         tokio::spawn(connect::accept_loop(inner.clone()));
         tokio::spawn(paths::maintain(inner.clone()));
-        tokio::spawn(links::answer_vouches(inner.clone(), vouches));
+        tokio::spawn(links::on_socket_signals(inner.clone(), signals));
         Ok(Agent {
             inner,
             accepted: AsyncMutex::new(accept_rx),
@@ -284,6 +297,8 @@ pub(crate) struct Inner {
     pub socket: Arc<MuxSocket>,
     pub node_client: quinn::ClientConfig,
     pub peer_client: quinn::ClientConfig,
+    /// TLS for the TCP relay.
+    pub tcp_tls: Arc<rustls::ClientConfig>,
     pub links: Mutex<HashMap<PeerId, Link>>,
     /// Per configured bootstrap address.
     pub status: Mutex<HashMap<String, NodeState>>,
@@ -291,8 +306,14 @@ pub(crate) struct Inner {
     pub maintained: Mutex<HashSet<String>>,
     /// Nodes each known peer is registered with (for relay circuits).
     pub homes: Mutex<HashMap<PeerId, Vec<PeerId>>>,
+    /// Our own addresses nodes vouch for beyond the links' observed ones
+    /// (the other address family, mapped ports).
+    pub own_extra: Mutex<Vec<SocketAddr>>,
     pub accepted: mpsc::Sender<PeerConnection>,
     pub cancel: CancellationToken,
+    /// Cancelled when the agent starts closing (before `cancel`): links are
+    /// no longer redialed, nor moved to TCP, while close frames travel.
+    pub leaving: CancellationToken,
     pub connections_direct: AtomicU64,
     pub connections_relayed: AtomicU64,
 }
@@ -311,6 +332,13 @@ impl Inner {
             .collect();
         v.sort_by_key(|(_, c)| c.rtt());
         v
+    }
+
+    /// Whether any node is linked over UDP now.
+    pub fn any_udp_link(&self) -> bool {
+        lock(&self.links).values().any(|l| {
+            l.info.transport == crate::path::Transport::Udp && l.conn.close_reason().is_none()
+        })
     }
 
     pub fn remember(&self, info: &PeerInfo) {
@@ -388,6 +416,12 @@ impl Agent {
         self.bootstrap_nodes().iter().find_map(|l| l.observed)
     }
 
+    /// Every address of this agent that peers may reach it at: observed by
+    /// nodes, vouched for by them, and its own interface addresses.
+    pub fn candidate_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.socket.own_candidates()
+    }
+
     /// Find another agent in the directory, asking every connected node at
     /// once. `Ok(None)`: the nodes that answered do not know it.
     pub async fn lookup(&self, peer: PeerId) -> Result<Option<PeerInfo>, AgentError> {
@@ -419,6 +453,28 @@ impl Agent {
         }
     }
 
+    /// Whether this agent's NAT hairpins: a packet sent to its own public
+    /// address (as a node observed it) comes back to it. `None` when no
+    /// node observed a public address.
+    pub async fn hairpin(&self) -> Option<bool> {
+        let public = self.observed_addr()?;
+        let nonce = self.inner.socket.hairpin_check(public);
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.inner.socket.hairpin_returned(&nonce) {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+
+    /// Whether a TLS/TCP relay session to a bootstrap node can be opened
+    /// (the fastest linked node's, else the first configured one), and how
+    /// long that took. Opens and closes one session.
+    pub async fn tcp_relay_check(&self) -> Result<(PeerId, Duration), AgentError> {
+        tcp::check(&self.inner).await
+    }
+
     /// Counters of this agent.
     pub fn stats(&self) -> AgentStats {
         let s = &self.inner.socket.stats;
@@ -442,6 +498,7 @@ impl Agent {
     pub async fn close(&self) {
         // Close first, so close frames still travel (relayed ones too);
         // then stop the background tasks.
+        self.inner.leaving.cancel();
         self.inner.endpoint.close(close::NORMAL, b"agent closing");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
         self.inner.cancel.cancel();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use x0x_proto::PeerId;
 
-use crate::path::{PathEvent, PathInfo, PathKind};
+use crate::path::{PathEvent, PathInfo, PathKind, Transport};
 use crate::socket::MuxSocket;
 
 /// An authenticated QUIC connection to another agent. Its packets move
@@ -57,6 +57,12 @@ impl PeerConnection {
             None if self.socket.relay_nodes(&self.peer).is_empty() => PathKind::Direct,
             None => PathKind::Relayed,
         }
+    }
+
+    /// How this agent's packets of the connection leave it now: UDP, or
+    /// inside the TLS/TCP link to the relaying node.
+    pub fn transport(&self) -> Transport {
+        self.socket.transport(&self.peer)
     }
 
     /// The bootstrap node relaying the connection now, if relayed.

@@ -64,8 +64,21 @@ const OVERFLOW: usize = 4096;
 /// Path events buffered per remote for slow listeners.
 const EVENTS: usize = 64;
 
-/// Vouch nonces that arrived, with the address of the node that sent them.
-pub type VouchNonces = mpsc::Receiver<(SocketAddr, [u8; 16])>;
+/// What the socket asks of the agent.
+#[derive(Debug)]
+pub enum Signal {
+    /// A vouch nonce arrived from a node: return it.
+    Nonce([u8; 16]),
+    /// `peer` offered candidates its record does not vouch for (it may have
+    /// learned them since we looked it up): look it up again.
+    Unvouched(PeerId),
+}
+
+/// The receiving end of [`Signal`]s.
+pub type Signals = mpsc::Receiver<Signal>;
+
+/// A peer's record is looked up again for unvouched candidates at most this often.
+const RELOOKUP_EVERY: Duration = Duration::from_secs(3);
 
 /// Counters with stable names (see [`crate::AgentStats`]).
 #[derive(Debug, Default)]
@@ -114,15 +127,32 @@ enum Dest {
     Relay(SocketAddr, u64),
 }
 
+/// Bootstrap nodes reached over TCP (UDP blocked): what goes to their
+/// UDP address goes down their WebSocket instead.
+#[derive(Default)]
+struct TcpRoutes {
+    routes: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// When a UDP check to a node was last echoed (UDP works again).
+    udp_echo: HashMap<SocketAddr, Instant>,
+    checks: HashMap<[u8; 8], SocketAddr>,
+    /// Hairpin checks sent, and whether each came back.
+    hairpin: HashMap<[u8; 8], bool>,
+}
+
+/// Datagrams from TCP links waiting for the socket.
+const TCP_INBOUND: usize = 8192;
+
 /// See the module documentation.
 pub struct MuxSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     ipv6: bool,
     me: PeerId,
     table: Mutex<Table>,
+    tcp: Mutex<TcpRoutes>,
+    tcp_in: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     overflow: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     waker: AtomicWaker,
-    vouches: mpsc::Sender<(SocketAddr, [u8; 16])>,
+    signals: mpsc::Sender<Signal>,
     pub stats: SocketStats,
 }
 
@@ -139,12 +169,13 @@ fn tx() -> Tx {
 }
 
 impl MuxSocket {
-    /// Wrap a bound UDP socket for the agent `me`. Vouch nonces that
-    /// arrive are sent on the returned channel (with the sending node's address).
-    pub fn new(socket: std::net::UdpSocket, me: PeerId) -> io::Result<(Arc<Self>, VouchNonces)> {
+    /// Wrap a bound UDP socket for the agent `me`. What the agent must do
+    /// for it (vouch nonces to return, records to look up again) comes on
+    /// the returned channel.
+    pub fn new(socket: std::net::UdpSocket, me: PeerId) -> io::Result<(Arc<Self>, Signals)> {
         let ipv6 = socket.local_addr()?.is_ipv6();
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
-        let (vouches, rx) = mpsc::channel(64);
+        let (signals, rx) = mpsc::channel(64);
         let table = Table {
             mapped: mapped::Allocator::new(ipv6),
             ..Table::default()
@@ -155,9 +186,11 @@ impl MuxSocket {
                 ipv6,
                 me,
                 table: Mutex::new(table),
+                tcp: Mutex::default(),
+                tcp_in: Mutex::default(),
                 overflow: Mutex::new(VecDeque::new()),
                 waker: AtomicWaker::new(),
-                vouches,
+                signals,
                 stats: SocketStats::default(),
             }),
             rx,
@@ -191,6 +224,11 @@ impl MuxSocket {
     /// Let traffic from and to bootstrap node `addr` through.
     pub fn allow_node(&self, addr: SocketAddr) {
         self.table().nodes.insert(canonical(addr));
+    }
+
+    /// Our own candidate addresses, as last set.
+    pub fn own_candidates(&self) -> Vec<SocketAddr> {
+        self.table().own.clone()
     }
 
     /// Our own candidate addresses (observed by nodes, local interfaces, vouched).
@@ -262,7 +300,7 @@ impl MuxSocket {
         t.by_cid.insert((node_addr, cid), peer);
         let change = r.select();
         if let Some(change) = change {
-            emit(t, &peer, change, Instant::now(), &self.stats);
+            self.emit(t, &peer, change, Instant::now());
         }
     }
 
@@ -276,7 +314,7 @@ impl MuxSocket {
         if let Some(r) = t.remotes.get_mut(&peer) {
             r.relays.retain(|p| p.cid != cid);
             if let Some(change) = r.select() {
-                emit(t, &peer, change, Instant::now(), &self.stats);
+                self.emit(t, &peer, change, Instant::now());
             }
         }
     }
@@ -298,7 +336,7 @@ impl MuxSocket {
             }
         }
         for (peer, change) in changes {
-            emit(t, &peer, change, now, &self.stats);
+            self.emit(t, &peer, change, now);
         }
     }
 
@@ -344,6 +382,23 @@ impl MuxSocket {
             .entry(*peer)
             .or_insert_with(|| broadcast::channel(EVENTS).0)
             .subscribe()
+    }
+
+    /// How this agent's packets for `peer` leave it now.
+    pub fn transport(&self, peer: &PeerId) -> Transport {
+        let t = self.table();
+        let Some(r) = t.remotes.get(peer) else {
+            return Transport::Udp;
+        };
+        match r.selected {
+            Some(PathId::Relay(n)) => r
+                .relays
+                .iter()
+                .find(|p| p.node == n)
+                .filter(|p| self.over_tcp(&p.node_addr))
+                .map_or(Transport::Udp, |_| Transport::Tcp),
+            _ => Transport::Udp,
+        }
     }
 
     /// The path `peer`'s packets use now: (kind, relaying node).
@@ -401,7 +456,117 @@ impl MuxSocket {
         self.table().remotes.len()
     }
 
+    fn tcp(&self) -> MutexGuard<'_, TcpRoutes> {
+        self.tcp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send what goes to `node_addr` down `route` (a WebSocket to that
+    /// node) instead of UDP, or (`None`) over UDP again.
+    pub fn set_tcp_route(&self, node_addr: SocketAddr, route: Option<mpsc::Sender<Vec<u8>>>) {
+        let key = canonical(node_addr);
+        let mut t = self.tcp();
+        match route {
+            Some(r) => {
+                t.routes.insert(key, r);
+                t.udp_echo.remove(&key);
+            }
+            None => {
+                t.routes.remove(&key);
+            }
+        }
+    }
+
+    /// Stop routing `node_addr` down `route` (if that is still its route).
+    pub fn clear_tcp_route(&self, node_addr: &SocketAddr, route: &mpsc::Sender<Vec<u8>>) {
+        let key = canonical(*node_addr);
+        let mut t = self.tcp();
+        if t.routes.get(&key).is_some_and(|r| r.same_channel(route)) {
+            t.routes.remove(&key);
+        }
+    }
+
+    /// Whether `node_addr` is reached over TCP now.
+    pub fn over_tcp(&self, node_addr: &SocketAddr) -> bool {
+        self.tcp().routes.contains_key(&canonical(*node_addr))
+    }
+
+    /// A datagram that came from the node at `node_addr` over its TCP link.
+    pub fn inject(&self, node_addr: SocketAddr, datagram: Vec<u8>) -> bool {
+        {
+            let mut q = self.tcp_in.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= TCP_INBOUND {
+                return false;
+            }
+            q.push_back((node_addr, datagram));
+        }
+        self.waker.wake();
+        true
+    }
+
+    /// Send a UDP check to `node_addr` over UDP, whatever the route.
+    pub fn udp_check(&self, node_addr: SocketAddr) {
+        let nonce: [u8; 8] = rand::random();
+        let mut p = [0u8; relay::UDP_CHECK_LEN];
+        p[0] = relay::TYPE_UDP_CHECK;
+        p[1..].copy_from_slice(&nonce);
+        {
+            let mut t = self.tcp();
+            if t.checks.len() > 256 {
+                t.checks.clear();
+            }
+            t.checks.insert(nonce, canonical(node_addr));
+        }
+        if let Some(to) = self.for_socket(node_addr) {
+            let _ = self.inner.try_send(&Transmit {
+                destination: to,
+                ecn: None,
+                contents: &p,
+                segment_size: None,
+                src_ip: None,
+            });
+        }
+    }
+
+    /// Send a hairpin check to our own public address `public`; see
+    /// [`Self::hairpin_returned`].
+    pub fn hairpin_check(&self, public: SocketAddr) -> [u8; 8] {
+        let nonce: [u8; 8] = rand::random();
+        let mut p = [0u8; relay::UDP_CHECK_LEN];
+        p[0] = relay::TYPE_HAIRPIN;
+        p[1..].copy_from_slice(&nonce);
+        self.tcp().hairpin.insert(nonce, false);
+        if let Some(to) = self.for_socket(public) {
+            let _ = self.inner.try_send(&Transmit {
+                destination: to,
+                ecn: None,
+                contents: &p,
+                segment_size: None,
+                src_ip: None,
+            });
+        }
+        nonce
+    }
+
+    /// Whether the hairpin check `nonce` came back.
+    pub fn hairpin_returned(&self, nonce: &[u8; 8]) -> bool {
+        self.tcp().hairpin.get(nonce).copied().unwrap_or(false)
+    }
+
+    /// When a UDP check to `node_addr` was last answered over UDP.
+    pub fn udp_echoed(&self, node_addr: &SocketAddr) -> Option<Instant> {
+        self.tcp().udp_echo.get(&canonical(*node_addr)).copied()
+    }
+
     fn send_raw(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) -> io::Result<()> {
+        let route = self.tcp().routes.get(&canonical(to)).cloned();
+        if let Some(route) = route {
+            for d in contents.chunks(segment.unwrap_or(contents.len()).max(1)) {
+                if route.try_send(d.to_vec()).is_err() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+            }
+            return Ok(());
+        }
         let Some(to) = self.for_socket(to) else {
             return Ok(());
         };
@@ -491,7 +656,7 @@ impl MuxSocket {
                 }
             }
             for (peer, change) in changes {
-                emit(t, &peer, change, now, &self.stats);
+                self.emit(t, &peer, change, now);
             }
         }
         for (dest, packet) in sends {
@@ -675,10 +840,25 @@ impl MuxSocket {
                     }
                 }
                 Body::Call { candidates, .. } => {
+                    let mut unvouched = false;
                     for a in candidates {
-                        if self.reaches(&a) && r.add_direct(a, Origin::Call) {
-                            t.by_direct.insert(canonical(a), p.from);
+                        if !self.reaches(&a) {
+                            continue;
                         }
+                        if r.add_direct(a, Origin::Call) {
+                            t.by_direct.insert(canonical(a), p.from);
+                        } else if !x0x_proto::policy::may_dial(&a, &r.vouched)
+                            && x0x_proto::policy::is_dialable(&a)
+                        {
+                            unvouched = true;
+                        }
+                    }
+                    if unvouched
+                        && r.relookup_at
+                            .is_none_or(|at| now.saturating_duration_since(at) >= RELOOKUP_EVERY)
+                    {
+                        r.relookup_at = Some(now);
+                        let _ = self.signals.try_send(Signal::Unvouched(p.from));
                     }
                     let reply_to_ours = r.punch.awaiting.is_some_and(|(tx, _)| tx == p.tx);
                     if reply_to_ours {
@@ -725,7 +905,7 @@ impl MuxSocket {
             }
             if let Some(change) = r.select() {
                 let peer = r.peer;
-                emit(t, &peer, change, now, &self.stats);
+                self.emit(t, &peer, change, now);
             }
         }
         for (dest, packet) in replies {
@@ -784,7 +964,20 @@ impl MuxSocket {
                 TYPE_PROBE => self.on_probe(seg, meta.addr, None),
                 TYPE_VOUCH => {
                     if let Some(nonce) = relay::parse_vouch(seg) {
-                        let _ = self.vouches.try_send((from, nonce));
+                        let _ = self.signals.try_send(Signal::Nonce(nonce));
+                    }
+                }
+                relay::TYPE_HAIRPIN if seg.len() == relay::UDP_CHECK_LEN => {
+                    let nonce: [u8; 8] = seg[1..].try_into().expect("checked length");
+                    if let Some(seen) = self.tcp().hairpin.get_mut(&nonce) {
+                        *seen = true;
+                    }
+                }
+                relay::TYPE_UDP_ECHO if seg.len() == relay::UDP_CHECK_LEN => {
+                    let mut t = self.tcp();
+                    let nonce: [u8; 8] = seg[1..].try_into().expect("checked length");
+                    if t.checks.remove(&nonce) == Some(from) {
+                        t.udp_echo.insert(from, Instant::now());
                     }
                 }
                 b if !relay::is_x0x(b) => quic.push(r),
@@ -878,48 +1071,61 @@ impl MuxSocket {
     }
 }
 
-/// Tell listeners about a path change and count it.
-fn emit(
-    t: &mut Table,
-    peer: &PeerId,
-    (choice, reason): (Option<PathId>, remote::PathReason),
-    now: Instant,
-    stats: &SocketStats,
-) {
-    let Some(r) = t.remotes.get(peer) else {
-        return;
-    };
-    let Some(choice) = choice else {
-        return;
-    };
-    let (path, via, addr) = match choice {
-        PathId::Direct(a) => (PathKind::Direct, None, Some(a)),
-        PathId::Relay(n) => (PathKind::Relayed, Some(n), None),
-    };
-    let counter = match (reason, path) {
-        (remote::PathReason::Initial, _) => None,
-        (_, PathKind::Direct) if r.direct.iter().filter(|d| d.usable()).count() > 1 => {
-            Some(&stats.switches_direct_direct)
+impl MuxSocket {
+    /// Tell listeners about a path change and count it.
+    fn emit(
+        &self,
+        t: &mut Table,
+        peer: &PeerId,
+        (choice, reason): (Option<PathId>, remote::PathReason),
+        now: Instant,
+    ) {
+        let stats = &self.stats;
+        let Some(r) = t.remotes.get(peer) else {
+            return;
+        };
+        let Some(choice) = choice else {
+            return;
+        };
+        let (path, via, addr) = match choice {
+            PathId::Direct(a) => (PathKind::Direct, None, Some(a)),
+            PathId::Relay(n) => (PathKind::Relayed, Some(n), None),
+        };
+        let transport = match choice {
+            PathId::Relay(n)
+                if r.relays
+                    .iter()
+                    .any(|p| p.node == n && self.over_tcp(&p.node_addr)) =>
+            {
+                Transport::Tcp
+            }
+            _ => Transport::Udp,
+        };
+        let counter = match (reason, path) {
+            (remote::PathReason::Initial, _) => None,
+            (_, PathKind::Direct) if r.direct.iter().filter(|d| d.usable()).count() > 1 => {
+                Some(&stats.switches_direct_direct)
+            }
+            (remote::PathReason::DirectValidated, _) => Some(&stats.upgrades_relayed_direct),
+            (remote::PathReason::DirectFailed, PathKind::Relayed) => {
+                Some(&stats.downgrades_direct_relayed)
+            }
+            (_, PathKind::Relayed) => Some(&stats.switches_relayed_relayed),
+            _ => Some(&stats.switches_direct_direct),
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
         }
-        (remote::PathReason::DirectValidated, _) => Some(&stats.upgrades_relayed_direct),
-        (remote::PathReason::DirectFailed, PathKind::Relayed) => {
-            Some(&stats.downgrades_direct_relayed)
+        if let Some(tx) = t.events.get(peer) {
+            let _ = tx.send(PathEvent {
+                path,
+                via,
+                addr,
+                transport,
+                reason,
+                at: now,
+            });
         }
-        (_, PathKind::Relayed) => Some(&stats.switches_relayed_relayed),
-        _ => Some(&stats.switches_direct_direct),
-    };
-    if let Some(c) = counter {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    if let Some(tx) = t.events.get(peer) {
-        let _ = tx.send(PathEvent {
-            path,
-            via,
-            addr,
-            transport: Transport::Udp,
-            reason,
-            at: now,
-        });
     }
 }
 
@@ -973,7 +1179,11 @@ impl AsyncUdpSocket for MuxSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         if !is_mapped(&transmit.destination) {
-            return self.inner.try_send(transmit);
+            return self.send_raw(
+                transmit.destination,
+                transmit.contents,
+                transmit.segment_size,
+            );
         }
         let dests = self.route(&transmit.destination);
         let single = dests.len() == 1;
@@ -1013,7 +1223,16 @@ impl AsyncUdpSocket for MuxSocket {
                     }
                 }
             }
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            // Datagrams from TCP links, classified like UDP ones.
+            let from_tcp = {
+                let mut q = self.tcp_in.lock().unwrap_or_else(|e| e.into_inner());
+                batch::fill_from(&mut q, bufs, meta)
+            };
+            let n = if from_tcp > 0 {
+                from_tcp
+            } else {
+                ready!(self.inner.poll_recv(cx, bufs, meta))?
+            };
             let keep: Vec<bool> = (0..n)
                 .map(|i| self.classify(&mut bufs[i], &mut meta[i]))
                 .collect();

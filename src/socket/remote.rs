@@ -279,6 +279,8 @@ pub struct Remote {
     /// Probes that arrived before our connection gave us the key (the
     /// peer's handshake can finish first): replayed once it does.
     pub early_probes: Vec<EarlyProbe>,
+    /// When we last asked for the peer's record again (see `Signal::Unvouched`).
+    pub relookup_at: Option<Instant>,
 }
 
 /// A probe kept until the key to check it is known.
@@ -313,6 +315,7 @@ impl Remote {
             punch: Punch::new(now),
             direct_at: None,
             early_probes: Vec::new(),
+            relookup_at: None,
         }
     }
 

@@ -171,6 +171,13 @@ fn agents_behind_two_random_port_nats_connect_relayed() {
     let v = agents::connected(&ran, &la.peer_id);
     report(&lab, "b -> a", &v);
     assert_relayed(&ran, &v, &ids);
+    // Relayed at once, not after a direct timeout (a generous bound: it
+    // takes a few relay round trips, tens of milliseconds here).
+    let connect_ms = v["connect_ms"].as_f64().expect("connect_ms");
+    assert!(
+        connect_ms <= 500.0,
+        "a relayed connect took {connect_ms} ms: {ran}"
+    );
     listener_saw(&lab, &la, &b_id, "relayed");
     // The data flowed through the relay (both directions: sent and echoed),
     // not home to home.

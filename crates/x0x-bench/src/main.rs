@@ -16,6 +16,7 @@
 mod loadgen;
 mod procs;
 mod transfer;
+mod wan;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,10 @@ struct Cli {
     /// The node binary (default: `x0x-bootstrap` next to this binary).
     #[arg(long, value_name = "PATH", env = "X0X_BOOTSTRAP_BIN")]
     node_bin: Option<PathBuf>,
-    /// Run only these scenarios (comma-separated: mesh, join, agents, handshake, transfer).
+    /// Run only these scenarios (comma-separated: mesh, join, agents,
+    /// handshake, transfer; and wan, the six-node fleet in network
+    /// namespaces under real city-pair delays, which only runs when named
+    /// here and needs root).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Override the number of concurrent agents to aim for.
@@ -286,13 +290,14 @@ async fn bench(cli: Cli) -> Res<()> {
     if let Some(n) = cli.handshake_concurrency {
         plan.handshake_concurrency = n;
     }
-    let all = ["mesh", "join", "agents", "handshake", "transfer"];
+    let all = ["mesh", "join", "agents", "handshake", "transfer", "wan"];
     for s in &cli.only {
         if !all.contains(&s.as_str()) {
             return Err(format!("unknown scenario {s:?} (known: {})", all.join(", ")).into());
         }
     }
-    let wanted = |s: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == s);
+    // `wan` needs root and network namespaces: only when asked for.
+    let wanted = |s: &str| (cli.only.is_empty() && s != "wan") || cli.only.iter().any(|o| o == s);
     let ctx = Ctx {
         node_bin: node_binary(&cli)?,
         dir: tempfile::Builder::new().prefix("x0x-bench").tempdir()?,
@@ -362,6 +367,33 @@ async fn bench(cli: Cli) -> Res<()> {
     if wanted("transfer") {
         step("direct and relayed transfer", &started);
         transfers(&ctx, &mut figs).await?;
+    }
+    if wanted("wan") {
+        step("the fleet under WAN delays (network namespaces)", &started);
+        let plan = if cli.full {
+            wan::WanPlan::full()
+        } else {
+            wan::WanPlan::quick()
+        };
+        let node_bin = ctx.node_bin.clone();
+        let rt = tokio::runtime::Handle::current();
+        let rows = tokio::task::spawn_blocking(move || {
+            wan::run(&plan, &node_bin, &rt).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| match e.try_into_panic() {
+            Ok(p) => format!(
+                "the WAN lab failed: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("panic")
+            ),
+            Err(e) => format!("the WAN lab failed: {e}"),
+        })??;
+        for (key, value, unit, note) in rows {
+            figs.add(&key, value, unit, note);
+        }
     }
     figs.add(
         "loadavg_end",
@@ -863,6 +895,8 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         ctx.plan.pings.to_string(),
         "--reps".into(),
         ctx.plan.transfer_reps.to_string(),
+        "--tcp-relay".into(),
+        node.tcp.to_string(),
     ];
     let mut lg = LoadGen::spawn(&args)?;
     let lg_pid = lg.pid()?;
@@ -873,7 +907,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     let mut relayed_datagrams = None;
     let mut drops = 0.0;
     let mut udp_drops = 0.0;
-    for path in ["direct", "relayed"] {
+    for path in ["direct", "relayed", "tcp_relayed"] {
         lg.wait_event(&format!("{path}_ready"), limit).await?;
         let perf_node = Perf::start(ctx, pid, &format!("{path}-node")).await?;
         let perf_agents = Perf::start(ctx, lg_pid, &format!("{path}-agents")).await?;
@@ -902,9 +936,10 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     lg.finish(Duration::from_secs(20)).await?;
     node.check_alive()?;
     let num = |k: &str| r[k].as_f64().ok_or_else(|| format!("transfer: no {k}"));
-    let (direct, relayed, base) = (
+    let (direct, relayed, tcp_relayed, base) = (
         num("direct_mbit_s")?,
         num("relayed_mbit_s")?,
+        num("tcp_relayed_mbit_s")?,
         num("baseline_mbit_s")?,
     );
     let (direct_rtt, relayed_rtt) = (num("direct_rtt_ms")?, num("relayed_rtt_ms")?);
@@ -923,6 +958,12 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         relayed,
         "Mbit/s",
         format!("same agents, connect_with(PathPolicy::RelayOnly), through the node's UDP data plane; {size}"),
+    );
+    figs.add(
+        "tcp_relay_mbit_s",
+        tcp_relayed,
+        "Mbit/s",
+        format!("relayed again, the sender reaching the node over its TCP relay (TLS 1.3 + WebSocket) only; {size}"),
     );
     figs.add(
         "relay_ratio",
@@ -980,6 +1021,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     for ((key, what), (node_s, lg_s, _)) in [
         ("direct_cpu_ms_per_mib", "direct"),
         ("relay_cpu_ms_per_mib", "relayed"),
+        ("tcp_relay_cpu_ms_per_mib", "relayed over the TCP relay"),
     ]
     .into_iter()
     .zip(cpu)
@@ -995,7 +1037,7 @@ async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
             ),
         );
     }
-    for path in ["direct", "relayed"] {
+    for path in ["direct", "relayed", "tcp_relayed"] {
         eprintln!(
             "{path} connection path stats: {}",
             r[format!("{path}_path")]

@@ -115,6 +115,8 @@ pub fn loopback(a: u8, b: u8, c: u8) -> std::net::IpAddr {
 pub struct Node {
     pub quic: SocketAddr,
     pub health: SocketAddr,
+    /// Its TCP relay (TLS + WebSocket).
+    pub tcp: SocketAddr,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -134,9 +136,10 @@ impl Node {
         assert!(ip.is_loopback(), "benchmark nodes use loopback only");
         let quic = SocketAddr::new(ip, QUIC_PORT);
         let health = SocketAddr::new(ip, HEALTH_PORT);
+        let tcp = SocketAddr::new(ip, 443);
         let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
         let toml = format!(
-            "listen = \"{quic}\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{health}\"\n\n{extra}\n",
+            "listen = \"{quic}\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{health}\"\n\n[tcp]\nlisten = \"{tcp}\"\n\n{extra}\n",
             peers = peers.join(", "),
             state = dir.join(format!("{name}.state")).display(),
         );
@@ -145,6 +148,7 @@ impl Node {
         Ok(Self {
             quic,
             health,
+            tcp,
             config,
             log: dir.join(format!("{name}.log")),
             child: None,

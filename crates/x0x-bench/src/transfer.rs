@@ -1,7 +1,10 @@
 //! The transfer load generator: two agents on one node move one bulk
 //! transfer and a ping-pong over `Agent::connect_with`, first on a direct
 //! path (`PathPolicy::DirectOnly`), then through the node's relay
-//! (`PathPolicy::RelayOnly`), in the same run. A plain quinn connection
+//! (`PathPolicy::RelayOnly`), then relayed again from a third agent that
+//! reaches the node only over its TCP relay (TLS + WebSocket: its UDP
+//! bootstrap address is a port where nothing listens, as if UDP were
+//! blocked), in the same run. A plain quinn connection
 //! between two endpoints of this process (x0x's TLS, quinn's default
 //! transport settings, plain UDP sockets) moves the same bytes as the
 //! baseline of this run.
@@ -40,7 +43,15 @@ pub struct TransferArgs {
     /// Longest one transfer may take.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// The node's TCP relay: also measure a relayed connection from an
+    /// agent that reaches the node over TCP only.
+    #[arg(long)]
+    tcp_relay: Option<SocketAddr>,
 }
+
+/// UDP port 9 (discard) of the node's host: nothing listens there, so an
+/// agent told to join through it finds UDP "blocked" and uses TCP.
+const NO_UDP_PORT: u16 = 9;
 
 const STREAM_BULK: u8 = b'T';
 const STREAM_PING: u8 = b'P';
@@ -74,6 +85,25 @@ pub async fn run(a: TransferArgs) -> Res<()> {
     let (sender, receiver) = (Arc::new(agent(a.bind[0])?), Arc::new(agent(a.bind[1])?));
     sender.join_network().await?;
     receiver.join_network().await?;
+    let tcp_sender = match a.tcp_relay {
+        Some(relay) => {
+            let no_udp = SocketAddr::new(a.node.ip(), NO_UDP_PORT);
+            let mut net = x0x::NetworkConfig::with_bootstrap_peers(vec![no_udp.into()]);
+            net.bind = SocketAddr::new(a.bind[0], 0);
+            net.tcp_relays = vec![relay.into()];
+            let agent = Arc::new(x0x::Agent::builder().network(net).build()?);
+            let joined = agent.join_network().await?;
+            if joined
+                .connected
+                .iter()
+                .any(|l| l.transport != x0x::Transport::Tcp)
+            {
+                return Err("the TCP-only agent joined over UDP".into());
+            }
+            Some(agent)
+        }
+        None => None,
+    };
     let server = receiver.clone();
     tokio::spawn(async move {
         // Bounded by the agent: accept() ends when it closes.
@@ -87,19 +117,30 @@ pub async fn run(a: TransferArgs) -> Res<()> {
     out.insert("event".into(), "done".into());
     out.insert("baseline_mbit_s".into(), median(&mut base).into());
     out.insert("baseline_rtt_ms".into(), base_rtt.into());
-    for (name, want, opts) in [
+    let mut cases = vec![
         (
             "direct",
+            &sender,
             PathKind::Direct,
             ConnectOptions::default().paths(PathPolicy::DirectOnly),
         ),
         (
             "relayed",
+            &sender,
             PathKind::Relayed,
             ConnectOptions::default().paths(PathPolicy::RelayOnly),
         ),
-    ] {
-        let pc = sender.connect_with(receiver.peer_id(), opts).await?;
+    ];
+    if let Some(t) = &tcp_sender {
+        cases.push((
+            "tcp_relayed",
+            t,
+            PathKind::Relayed,
+            ConnectOptions::default().paths(PathPolicy::RelayOnly),
+        ));
+    }
+    for (name, from, want, opts) in cases {
+        let pc = from.connect_with(receiver.peer_id(), opts).await?;
         if pc.path() != want {
             return Err(format!("{name}: got a {:?} path", pc.path()).into());
         }
@@ -132,6 +173,9 @@ pub async fn run(a: TransferArgs) -> Res<()> {
         conn.close(0u32.into(), b"done");
     }
     emit(serde_json::Value::Object(out));
+    if let Some(t) = tcp_sender {
+        t.close().await;
+    }
     if let (Ok(s), Ok(r)) = (Arc::try_unwrap(sender), Arc::try_unwrap(receiver)) {
         s.close().await;
         r.close().await;

@@ -41,6 +41,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Connections between nodes.
     pub mesh: MeshConfig,
+    /// The TLS/WebSocket relay for agents whose networks block UDP.
+    pub tcp: TcpConfig,
     pub limits: Limits,
 }
 
@@ -56,6 +58,7 @@ impl Default for Config {
             log: LogConfig::default(),
             transport: TransportConfig::default(),
             mesh: MeshConfig::default(),
+            tcp: TcpConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -183,6 +186,34 @@ impl MeshConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// The TCP relay listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// TCP address of the TLS/WebSocket relay (`""`: off). Under systemd a
+    /// socket passed with `FileDescriptorName=tcp` is used instead.
+    pub listen: String,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "[::]:443".into(),
+        }
+    }
+}
+
+impl TcpConfig {
+    /// The address to listen on, `None` when off. Checked by `validate`.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        if self.listen.is_empty() {
+            None
+        } else {
+            self.listen.parse().ok()
+        }
     }
 }
 
@@ -353,6 +384,16 @@ impl Config {
                 format!(
                     "{} is not a loopback address; the health and metrics endpoints are unauthenticated (set health.allow_remote = true to permit this)",
                     self.health.listen
+                ),
+            ));
+        }
+        if !self.tcp.listen.is_empty() && self.tcp.listen.parse::<SocketAddr>().is_err() {
+            return Err((
+                "tcp",
+                "listen",
+                format!(
+                    "{:?} is not an ip:port or [ipv6]:port address (\"\" turns the TCP relay off)",
+                    self.tcp.listen
                 ),
             ));
         }

@@ -181,7 +181,14 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    let node = match Node::start(config, identity).await {
+    let tcp = match inherited_tcp_listener() {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let node = match Node::start_with_tcp(config, identity, tcp).await {
         Ok(n) => n,
         Err(e) => {
             error!("cannot start: {e}");
@@ -200,6 +207,27 @@ async fn run(config: Config) -> ExitCode {
     notify(&[sd_notify::NotifyState::Stopping]);
     node.shutdown(SHUTDOWN_GRACE).await;
     ExitCode::SUCCESS
+}
+
+/// A TCP listener passed by systemd socket activation with
+/// `FileDescriptorName=tcp` (so the node needs no privilege for port 443).
+fn inherited_tcp_listener() -> Result<Option<std::net::TcpListener>, String> {
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        return Ok(None);
+    }
+    let fds = sd_notify::listen_fds_with_names()
+        .map_err(|e| format!("cannot read the sockets systemd passed: {e}"))?;
+    for (fd, name) in fds {
+        if name == "tcp" {
+            use std::os::fd::FromRawFd;
+            // SAFETY: systemd passed us this descriptor (LISTEN_FDS for our
+            // pid) as a listening TCP socket named "tcp"; we take ownership once.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            info!(addr = ?l.local_addr().ok(), "using the TCP relay socket systemd passed");
+            return Ok(Some(l));
+        }
+    }
+    Ok(None)
 }
 
 /// Tell systemd our state, when run under `Type=notify`.

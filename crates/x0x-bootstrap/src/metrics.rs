@@ -66,6 +66,7 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     pub frames_rejected: Labelled<Reason>,
     pub reflector_observations: Counter,
+    pub probes_answered: Counter,
     pub coordinator_registrations: Counter,
     pub coordinator_lookups: Labelled<Outcome>,
     pub coordinator_introductions: Labelled<Outcome>,
@@ -83,6 +84,10 @@ pub struct Metrics {
     pub relay_circuits_closed: Labelled<Reason>,
     pub relay_circuits: Gauge,
     pub handshakes_in_flight: Gauge,
+    pub tcp_sessions: Gauge,
+    pub tcp_datagrams_in: Counter,
+    pub tcp_datagrams_out: Counter,
+    pub tcp_rejected: Labelled<Reason>,
 }
 
 fn count<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync>(
@@ -197,6 +202,7 @@ impl Metrics {
                 "requests_refused" => &m.requests_refused,
                 "directory_rejected" => &m.directory_rejected,
                 "relay_circuits_refused" => &m.relay_circuits_refused,
+                "tcp_rejected" => &m.tcp_rejected,
                 _ => &m.relay_circuits_closed,
             };
             for r in *reasons {
@@ -241,6 +247,10 @@ impl Metrics {
 
     pub fn refuse_circuit(&self, reason: &str) {
         count(&self.relay_circuits_refused, reason_of(reason), 1);
+    }
+
+    pub fn reject_tcp(&self, reason: &str) {
+        count(&self.tcp_rejected, reason_of(reason), 1);
     }
 
     pub fn close_circuit(&self, reason: &str) {
@@ -323,6 +333,7 @@ impl Metrics {
             "agents_connected", "Other peers (agents) connected now", agents_connected;
             "frames_rejected", "Frames or streams that closed a connection, by reason", frames_rejected;
             "reflector_observations", "Observed addresses reported to peers", reflector_observations;
+            "probes_answered", "One-shot probes answered (Hello kind Probe: Welcome, then closed)", probes_answered;
             "coordinator_registrations", "Agent registrations accepted", coordinator_registrations;
             "coordinator_lookups", "Directory lookups by result", coordinator_lookups;
             "coordinator_introductions", "Introductions by result", coordinator_introductions;
@@ -339,6 +350,10 @@ impl Metrics {
             "relay_circuits_refused", "Relay circuits refused, by reason", relay_circuits_refused;
             "relay_circuits_closed", "Relay circuits closed, by reason", relay_circuits_closed;
             "relay_circuits", "Relay circuits open now", relay_circuits;
+            "tcp_sessions", "TLS/WebSocket relay sessions open now", tcp_sessions;
+            "tcp_datagrams_in", "Datagrams received over TCP sessions", tcp_datagrams_in;
+            "tcp_datagrams_out", "Datagrams sent over TCP sessions", tcp_datagrams_out;
+            "tcp_rejected", "TCP relay sessions refused or datagrams dropped, by reason", tcp_rejected;
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r)

@@ -148,3 +148,34 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     .await;
     assert_eq!(n, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_learns_its_observed_address_and_is_not_admitted() {
+    let c = common::single_node(46, "");
+    let conn = raw_connection(46, &c.nodes[0]).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Message::Hello {
+        kind: PeerKind::Probe,
+        incarnation: 1,
+    };
+    wire::write_frame(&mut send, &hello).await.unwrap();
+    let welcome = wire::read_frame(&mut recv, &wire::ReadLimits::TO_AGENT)
+        .await
+        .unwrap();
+    let Some(Message::Welcome { observed, .. }) = welcome else {
+        panic!("expected Welcome, got {welcome:?}");
+    };
+    let observed = observed.expect("the reflector reports the observed address");
+    assert_eq!(observed.ip().to_string(), "127.46.1.9");
+    let c2 = c.clone();
+    let m = blocking(move || c2.nodes[0].metrics()).await;
+    assert!(m.contains("x0x_probes_answered_total 1"), "{m}");
+    assert!(m.contains("x0x_agents_connected 0"), "{m}");
+    // A prober that lingers is closed for it.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), close_code(&conn))
+            .await
+            .expect("closed within hello_timeout_ms"),
+        Some(close::NORMAL)
+    );
+}

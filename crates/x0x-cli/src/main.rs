@@ -47,6 +47,12 @@ enum Command {
     /// Connect to an agent, send data, read the echo, print the path taken
     /// and every change of path.
     Connect(cmd::connect::ConnectArgs),
+    /// The whole fleet in one command: ask every bootstrap node (all at
+    /// once, over QUIC) for its version, uptime and view of each mesh
+    /// peer; print a row per node, the all-pairs matrix of mesh links and
+    /// what is wrong. Exit 0 healthy, 1 not, 69 no node answered.
+    /// `--prometheus ADDR` keeps probing and serves the results as metrics.
+    Status(cmd::status::StatusArgs),
     /// Look an agent up in the directory.
     Lookup {
         /// The peer id to look up (64 hex characters).
@@ -75,6 +81,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Status(args) = cli.command {
+        return runtime.block_on(cmd::status::run(args));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Id { key, json } => cmd::id(&key, json),
@@ -82,6 +91,7 @@ fn main() -> ExitCode {
             Command::Listen(net) => cmd::listen::run(net).await,
             Command::Connect(args) => cmd::connect::run(args).await,
             Command::Lookup { peer, net } => cmd::lookup(peer, net).await,
+            Command::Status(_) => unreachable!("handled above"),
         }
     });
     match result {

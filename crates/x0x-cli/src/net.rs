@@ -22,6 +22,11 @@ pub struct NetArgs {
     /// repeatable. Default: the public x0x bootstrap nodes.
     #[arg(long = "bootstrap", value_name = "ADDR")]
     pub bootstrap: Vec<PeerSpec>,
+    /// The TCP relay of each `--bootstrap` node, by position (the first
+    /// `--bootstrap-tcp` is the first node's); repeatable. Default: the
+    /// node's host at port 443. Used when UDP to every node fails.
+    #[arg(long = "bootstrap-tcp", value_name = "HOST:PORT")]
+    pub bootstrap_tcp: Vec<x0x::PeerAddr>,
     /// Local UDP address to bind.
     #[arg(long, default_value = "[::]:0")]
     pub bind: SocketAddr,
@@ -69,6 +74,7 @@ pub async fn join(net: &NetArgs) -> Result<(Agent, JoinReport), AgentError> {
         NetworkConfig::with_bootstrap_peers(net.bootstrap.clone())
     };
     cfg.bind = net.bind;
+    cfg.tcp_relays = net.bootstrap_tcp.clone();
     cfg.join_timeout = Duration::from_millis(net.join_timeout_ms);
     progress(
         net,

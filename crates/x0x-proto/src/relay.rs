@@ -9,6 +9,14 @@
 //! | `0x01` | relay | `[0x01][cid: u64 BE][payload]` | agent ⇄ node |
 //! | `0x02` | probe | see the SDK's path layer | agent ⇄ agent |
 //! | `0x03` | vouch | `[0x03][nonce: 16]` | node → agent |
+//! | `0x04` | UDP check | `[0x04][nonce: 8]` | agent → node |
+//! | `0x05` | UDP echo | `[0x05][nonce: 8]` | node → agent |
+//! | `0x06` | hairpin check | `[0x06][nonce: 8]` | agent → its own public address |
+//!
+//! **Over TCP** (networks that block UDP) the same datagrams, QUIC and
+//! these, travel as binary WebSocket messages inside TLS 1.3 to a node's
+//! TCP listener (path [`WS_PATH`]); a UDP check tells an agent on TCP that
+//! UDP works again.
 //!
 //! **Relay packets** are the relay's data plane: the payload is an
 //! agent-to-agent QUIC packet, already encrypted and authenticated end to
@@ -23,6 +31,22 @@ pub const TYPE_RELAY: u8 = 0x01;
 pub const TYPE_PROBE: u8 = 0x02;
 /// First byte of a vouch packet.
 pub const TYPE_VOUCH: u8 = 0x03;
+
+/// First byte of a UDP check (the node echoes it back).
+pub const TYPE_UDP_CHECK: u8 = 0x04;
+/// First byte of a node's answer to a UDP check.
+pub const TYPE_UDP_ECHO: u8 = 0x05;
+/// First byte of a hairpin check: sent to our own public address, it comes
+/// back only through a NAT that hairpins.
+pub const TYPE_HAIRPIN: u8 = 0x06;
+/// Length of a UDP check and its echo.
+pub const UDP_CHECK_LEN: usize = 9;
+
+/// The WebSocket path of a node's TCP relay.
+pub const WS_PATH: &str = "/x0x/v1";
+
+/// Largest datagram carried in one WebSocket message.
+pub const MAX_WS_DATAGRAM: usize = 2048;
 
 /// Bytes a relay packet adds in front of its payload.
 pub const RELAY_HEADER_LEN: usize = 9;

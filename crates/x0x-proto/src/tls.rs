@@ -154,6 +154,30 @@ pub fn client_config(identity: &Identity) -> Result<rustls::ClientConfig, TlsErr
     Ok(config)
 }
 
+/// ALPN of the TLS connections to a node's TCP relay (HTTP/1.1 carrying
+/// a WebSocket, so proxies that speak HTTP let it through).
+pub const TCP_ALPN: &[u8] = b"http/1.1";
+
+/// The TLS server configuration of a node's TCP relay: the same identity
+/// binding and key exchange as QUIC, ALPN [`TCP_ALPN`].
+pub fn tcp_server_config(identity: &Identity) -> Result<rustls::ServerConfig, TlsError> {
+    let mut c = server_config(identity)?;
+    c.alpn_protocols = vec![TCP_ALPN.to_vec()];
+    Ok(c)
+}
+
+/// The TLS client configuration for a node's TCP relay.
+pub fn tcp_client_config(identity: &Identity) -> Result<rustls::ClientConfig, TlsError> {
+    let mut c = client_config(identity)?;
+    c.alpn_protocols = vec![TCP_ALPN.to_vec()];
+    Ok(c)
+}
+
+/// The [`PeerId`] a TLS peer authenticated as (its first certificate).
+pub fn peer_id_of(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerId> {
+    peer_id_from_certificate(certs?.first()?).ok()
+}
+
 /// Extract the [`PeerId`] (Ed25519 public key) from a certificate.
 pub fn peer_id_from_certificate(cert: &CertificateDer<'_>) -> Result<PeerId, Error> {
     use x509_parser::prelude::{FromDer, X509Certificate};

@@ -78,6 +78,11 @@ pub enum PeerKind {
     Node,
     /// An agent using the network.
     Agent,
+    /// A one-shot probe: the node answers `Welcome` (with the observed
+    /// address) and admits nothing. Agents use it on a node's other
+    /// address family to learn their address there without displacing
+    /// their link to the node.
+    Probe,
 }
 
 /// The roles a node has switched on.

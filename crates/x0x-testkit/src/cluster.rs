@@ -21,6 +21,13 @@ use std::time::{Duration, Instant};
 /// test run of one package alone may not, and then this says what to do.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
+    // A program run from a directory of copied binaries (the benchmark,
+    // scripts/bench-quick.sh) finds its siblings there.
+    if let Some(beside) = exe.parent().map(|d| d.join(name))
+        && beside.is_file()
+    {
+        return beside;
+    }
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
         .parent()
@@ -240,7 +247,7 @@ impl Cluster {
                     .map(|j| format!("\"{}:12000\"", ip(net, j as u8 + 1)))
                     .collect();
                 let toml = format!(
-                    "listen = \"{ip}:12000\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{ip}:12600\"\n\n{extra}\n",
+                    "listen = \"{ip}:12000\"\npeers = [{peers}]\nstate_dir = \"{state}\"\n\n[health]\nlisten = \"{ip}:12600\"\n\n[tcp]\nlisten = \"{ip}:443\"\n\n{extra}\n",
                     ip = ip(net, i as u8 + 1),
                     peers = peers.join(", "),
                     state = dir.path().join(format!("state{i}")).display(),

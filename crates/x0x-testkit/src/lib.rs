@@ -5,6 +5,7 @@
 //! - [`raw`]: a raw protocol client; [`lean`]: thousands of lean agents.
 //! - [`flood`]: spoofed-source floods of real QUIC Initials (raw sockets).
 //! - [`procstat`]: CPU time and RSS of a process.
+//! - [`wan`]: the six-node fleet in namespaces under real city-pair delays.
 //!
 //! Nothing here sends a packet outside 127.0.0.0/8 or the namespaces a lab
 //! creates and removes.
@@ -15,5 +16,6 @@ pub mod lean;
 pub mod netns;
 pub mod procstat;
 pub mod raw;
+pub mod wan;
 
 pub use cluster::*;

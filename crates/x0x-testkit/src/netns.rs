@@ -62,11 +62,24 @@ pub enum Nat {
     RandomPort,
 }
 
+/// One delay/loss rule of [`Lab::netem`]: packets from `src` to `dst`
+/// (IPv4 prefixes like `198.18.3.0/24`) wait `delay_ms` and are dropped
+/// with probability `loss_pct` %.
+#[derive(Debug, Clone)]
+pub struct NetemRule {
+    pub src: String,
+    pub dst: String,
+    pub delay_ms: f64,
+    pub loss_pct: f64,
+}
+
 /// A namespace with one address.
 #[derive(Debug, Clone)]
 pub struct Host {
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its global IPv6 address, in a dual-stack lab ([`Lab::dual_stack`]).
+    pub addr6: Option<std::net::Ipv6Addr>,
 }
 
 /// A home router: NAT plus a firewall dropping unsolicited inbound packets.
@@ -171,6 +184,10 @@ pub struct Lab {
     next_link: u8,
     /// The internet router's namespace.
     pub wan: String,
+    /// The running `x0x-netem`, if any (index in `procs`).
+    netem_proc: Option<usize>,
+    /// Whether links get IPv6 too (see [`Lab::dual_stack`]).
+    ipv6: bool,
 }
 
 impl Lab {
@@ -202,6 +219,8 @@ impl Lab {
             procs: Vec::new(),
             next_link: 1,
             wan: String::new(),
+            netem_proc: None,
+            ipv6: false,
         };
         let wan = lab.ns_name("wan");
         if let Err(why) = lab.try_add_namespace(&wan) {
@@ -210,6 +229,23 @@ impl Lab {
         lab.wan = wan.clone();
         lab.sysctl(&wan, "net/ipv4/ip_forward", "1");
         Some(lab)
+    }
+
+    /// Give every link created from now on IPv6 as well: link `k` is
+    /// `2001:db8:0:<k>::/64` (wan `::1`, host or router `::2`), and LAN `j`
+    /// behind router `k` is `2001:db8:<k>:<j>::/64`, routed to the router
+    /// without NAT; routers keep a stateful IPv6 firewall (only traffic of
+    /// flows started inside comes in), like home routers do.
+    pub fn dual_stack(&mut self) {
+        self.ipv6 = true;
+        let wan = self.wan.clone();
+        self.sysctl(&wan, "net/ipv6/conf/all/forwarding", "1");
+    }
+
+    fn ip6tables(&self, ns: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", ns, "ip6tables", "-w"];
+        full.extend_from_slice(args);
+        self.ip(&full)
     }
 
     /// Every namespace this lab created so far.
@@ -233,6 +269,12 @@ impl Lab {
         }
         self.namespaces.push(name.to_string());
         self.ip(&["-n", name, "link", "set", "lo", "up"]);
+        // No duplicate address detection: link-local addresses (which
+        // neighbour discovery and routers use) work at once, not after a
+        // second in which IPv6 silently drops packets.
+        for scope in ["default", "all"] {
+            self.sysctl(name, &format!("net/ipv6/conf/{scope}/accept_dad"), "0");
+        }
         Ok(())
     }
 
@@ -254,6 +296,45 @@ impl Lab {
     /// Connect namespace `ns` (interface `ifname`) to the wan on a new
     /// link; returns (link, address of `ns`).
     fn attach_to_wan(&mut self, ns: &str, ifname: &str) -> (u8, Ipv4Addr) {
+        let (k, addr) = self.attach_to_wan4(ns, ifname);
+        if self.ipv6 {
+            let wan = self.wan.clone();
+            let wside = format!("w{k}");
+            self.ip(&[
+                "-n",
+                &wan,
+                "addr",
+                "add",
+                &format!("2001:db8:0:{k:x}::1/64"),
+                "dev",
+                &wside,
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("2001:db8:0:{k:x}::2/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:0:{k:x}::1"),
+            ]);
+        }
+        (k, addr)
+    }
+
+    fn attach_to_wan4(&mut self, ns: &str, ifname: &str) -> (u8, Ipv4Addr) {
         let k = self.new_link();
         let wan = self.wan.clone();
         let wside = format!("w{k}");
@@ -297,8 +378,11 @@ impl Lab {
     /// A host with a public address on the wan.
     pub fn public_host(&mut self, role: &str) -> Host {
         let ns = self.namespace(role);
-        let (_, addr) = self.attach_to_wan(&ns, "eth0");
-        Host { ns, addr }
+        let (k, addr) = self.attach_to_wan(&ns, "eth0");
+        let addr6 = self
+            .ipv6
+            .then(|| format!("2001:db8:0:{k:x}::2").parse().expect("valid"));
+        Host { ns, addr, addr6 }
     }
 
     /// A home router on the wan: NAT on `wan0`, and a firewall that drops
@@ -308,6 +392,56 @@ impl Lab {
     pub fn nat_router(&mut self, role: &str, nat: Nat) -> Router {
         let ns = self.namespace(role);
         let (link, public) = self.attach_to_wan(&ns, "wan0");
+        self.nat_and_firewall(&ns, nat);
+        if self.ipv6 {
+            self.sysctl(&ns, "net/ipv6/conf/all/forwarding", "1");
+            // A stateful IPv6 firewall, no NAT: LAN hosts keep their addresses.
+            for chain in ["FORWARD", "INPUT"] {
+                self.ip6tables(
+                    &ns,
+                    &[
+                        "-A",
+                        chain,
+                        "-i",
+                        "wan0",
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "ESTABLISHED,RELATED",
+                        "-j",
+                        "ACCEPT",
+                    ],
+                );
+                self.ip6tables(
+                    &ns,
+                    &["-A", chain, "-i", "wan0", "-p", "ipv6-icmp", "-j", "ACCEPT"],
+                );
+                self.ip6tables(&ns, &["-A", chain, "-i", "wan0", "-j", "DROP"]);
+            }
+            let wan = self.wan.clone();
+            self.ip(&[
+                "-n",
+                &wan,
+                "-6",
+                "route",
+                "add",
+                &format!("2001:db8:{link:x}::/48"),
+                "via",
+                &format!("2001:db8:0:{link:x}::2"),
+            ]);
+        }
+        Router {
+            ns,
+            public,
+            nat,
+            link,
+            lans: 0,
+        }
+    }
+
+    /// NAT on `wan0` and a firewall dropping unsolicited inbound packets.
+    fn nat_and_firewall(&self, ns: &str, nat: Nat) {
+        let ns = ns.to_string();
         self.sysctl(&ns, "net/ipv4/ip_forward", "1");
         // Keep a new address when the old one is removed (rebinding).
         self.sysctl(&ns, "net/ipv4/conf/wan0/promote_secondaries", "1");
@@ -343,11 +477,69 @@ impl Lab {
             );
             self.iptables(&ns, &["-A", chain, "-i", "wan0", "-j", "DROP"]);
         }
+    }
+
+    /// A home router whose "internet" is the LAN of `carrier` (another
+    /// router): double NAT, as behind a carrier-grade NAT. Its `wan0`
+    /// gets an address in 100.64.0.0/10 (the shared address space carriers
+    /// use); its own LANs are 10.x.y.0/24 as usual. IPv4 only.
+    pub fn nat_router_behind(&mut self, carrier: &mut Router, role: &str, nat: Nat) -> Router {
+        let ns = self.namespace(role);
+        carrier.lans += 1;
+        let (k, j) = (carrier.link, carrier.lans);
+        assert!(j < 64, "too many routers behind one carrier");
+        let rside = format!("lan{j}");
+        self.ip(&[
+            "link",
+            "add",
+            &rside,
+            "netns",
+            &carrier.ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan0",
+            "netns",
+            &ns,
+        ]);
+        let net = format!("100.{}.{k}", 64 + j);
+        self.ip(&[
+            "-n",
+            &carrier.ns,
+            "addr",
+            "add",
+            &format!("{net}.1/24"),
+            "dev",
+            &rside,
+        ]);
+        self.ip(&["-n", &carrier.ns, "link", "set", &rside, "up"]);
+        let public: Ipv4Addr = format!("{net}.2").parse().expect("valid");
+        self.ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{public}/24"),
+            "dev",
+            "wan0",
+        ]);
+        self.ip(&["-n", &ns, "link", "set", "wan0", "up"]);
+        self.ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.1"),
+        ]);
+        self.nat_and_firewall(&ns, nat);
         Router {
             ns,
             public,
             nat,
-            link,
+            link: self.new_link(),
             lans: 0,
         }
     }
@@ -392,7 +584,42 @@ impl Lab {
             "via",
             &format!("10.{k}.{j}.1"),
         ]);
-        Host { ns, addr }
+        let addr6 = if self.ipv6 {
+            self.ip(&[
+                "-n",
+                &router.ns,
+                "addr",
+                "add",
+                &format!("2001:db8:{k:x}:{j:x}::1/64"),
+                "dev",
+                &rside,
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("2001:db8:{k:x}:{j:x}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            self.ip(&[
+                "-n",
+                &ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:{k:x}:{j:x}::1"),
+            ]);
+            Some(format!("2001:db8:{k:x}:{j:x}::2").parse().expect("valid"))
+        } else {
+            None
+        };
+        Host { ns, addr, addr6 }
     }
 
     /// Give `router` a new public address and remove the old one: like a
@@ -435,6 +662,89 @@ impl Lab {
         ]);
         router.public = new;
         new
+    }
+
+    /// Drop every packet the wan would forward from `src` to `dst` (an
+    /// "internet" between two homes that blocks their direct UDP).
+    pub fn block(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let (s, d) = (src.to_string(), dst.to_string());
+        self.iptables(
+            &self.wan,
+            &["-I", "FORWARD", "1", "-s", &s, "-d", &d, "-j", "DROP"],
+        );
+    }
+
+    /// Lift a [`Self::block`].
+    pub fn unblock(&self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let (s, d) = (src.to_string(), dst.to_string());
+        self.iptables(
+            &self.wan,
+            &["-D", "FORWARD", "-s", &s, "-d", &d, "-j", "DROP"],
+        );
+    }
+
+    /// Delay (and drop a share of) packets the wan forwards, per pair of
+    /// address prefixes: the kernel here has no `sch_netem`, so a
+    /// user-space NFQUEUE daemon (`x0x-netem`, in this crate) holds each
+    /// packet's verdict for the delay of the first matching rule. Calling
+    /// it again replaces the rules.
+    pub fn netem(&mut self, rules: &[NetemRule]) {
+        if let Some(i) = self.netem_proc.take() {
+            self.procs[i].kill();
+        } else {
+            let wan = self.wan.clone();
+            self.iptables(
+                &wan,
+                &[
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "FORWARD",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "7",
+                    "--queue-bypass",
+                ],
+            );
+        }
+        let mut args = vec!["--queue".to_string(), "7".to_string()];
+        for r in rules {
+            args.push("--rule".into());
+            args.push(format!("{},{},{},{}", r.src, r.dst, r.delay_ms, r.loss_pct));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let bin = crate::bin("x0x-netem").display().to_string();
+        let wan = self.wan.clone();
+        let i = self.spawn(&wan, "netem", &bin, &args, &[]);
+        assert!(
+            self.procs[i]
+                .wait_line(Duration::from_secs(10), |l| l == "ready")
+                .is_some(),
+            "{}: x0x-netem did not start: {}",
+            self.test,
+            self.procs[i].log_tail(10)
+        );
+        self.netem_proc = Some(i);
+    }
+
+    /// Delay every packet to and from `addr` by `ms` each way.
+    pub fn delay(&mut self, addr: Ipv4Addr, ms: u32) {
+        let me = format!("{addr}/32");
+        self.netem(&[
+            NetemRule {
+                src: me.clone(),
+                dst: "0.0.0.0/0".into(),
+                delay_ms: ms as f64,
+                loss_pct: 0.0,
+            },
+            NetemRule {
+                src: "0.0.0.0/0".into(),
+                dst: me,
+                delay_ms: ms as f64,
+                loss_pct: 0.0,
+            },
+        ]);
     }
 
     /// `ip ARGS`, which must succeed.
@@ -561,7 +871,16 @@ impl Lab {
 
     /// Dump what helps to debug a failure: the tail of every process log,
     /// and each namespace's addresses, routes and firewall counters.
+    /// `X0X_LAB_LOGS=<dir>` also copies every whole process log there.
     fn dump(&self) {
+        if let Ok(dir) = std::env::var("X0X_LAB_LOGS") {
+            let dir = std::path::Path::new(&dir).join(self.test.replace("::", "-"));
+            let _ = std::fs::create_dir_all(&dir);
+            for p in &self.procs {
+                let _ = std::fs::copy(&p.log, dir.join(format!("{}.log", p.name)));
+            }
+            eprintln!("---- whole process logs in {} ----", dir.display());
+        }
         for p in &self.procs {
             eprintln!("---- {} ({}) stdout ----", p.name, p.ns);
             for l in p.lines().iter().rev().take(20).rev() {
@@ -588,6 +907,13 @@ impl Lab {
                 show(&["-n", ns, "route"]),
                 show(&["netns", "exec", ns, "iptables", "-w", "-S", "-v"])
             );
+            if self.ipv6 {
+                eprintln!(
+                    "{}{}",
+                    show(&["-n", ns, "-6", "route"]),
+                    show(&["netns", "exec", ns, "ip6tables", "-w", "-S", "-v"])
+                );
+            }
         }
     }
 }

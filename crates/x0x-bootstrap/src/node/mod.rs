@@ -1,4 +1,4 @@
-//! The bootstrap node: a QUIC endpoint on a [`socket::NodeSocket`], the
+//! The bootstrap node: a QUIC endpoint on a `NodeSocket`, the
 //! mesh of configured peers, the three roles, and the health server.
 //!
 //! [`Node::start`] binds everything before it returns (so a caller can
@@ -11,6 +11,7 @@ mod outbox;
 mod registry;
 mod session;
 mod socket;
+mod tcp;
 mod vouch;
 
 use std::collections::{HashMap, HashSet};
@@ -45,6 +46,15 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot bind the TCP relay on {addr}: {source} (ports below 1024 need root, CAP_NET_BIND_SERVICE or a systemd socket; `[tcp] listen = \"\"` turns the TCP relay off)"
+    )]
+    TcpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration of the TCP relay failed: {0}")]
+    TcpTls(String),
 }
 
 /// State shared by every task of a node.
@@ -128,6 +138,23 @@ impl Shared {
         }
     }
 
+    /// Where `conn`'s peer is: its UDP address, or for a TCP relay session
+    /// the TCP peer's address.
+    pub fn observed_of(&self, conn: &quinn::Connection) -> SocketAddr {
+        let remote = conn.remote_address();
+        canonical(self.socket.tcp_peer_of(&remote).unwrap_or(remote))
+    }
+
+    /// Whether `conn` runs over a TCP relay session.
+    pub fn over_tcp(&self, conn: &quinn::Connection) -> bool {
+        self.socket.tcp_peer_of(&conn.remote_address()).is_some()
+    }
+
+    /// The address the reflector reports for `conn`, if the role is on.
+    pub fn reflect(&self, conn: &quinn::Connection) -> Option<SocketAddr> {
+        self.config.roles.reflector.then(|| self.observed_of(conn))
+    }
+
     /// Configured mesh peers other than this node.
     pub fn expected_peers(&self) -> usize {
         self.config
@@ -200,6 +227,7 @@ impl Shared {
                 self.update_directory(|d| d.unregister(&peer));
             }
             PeerKind::Node => self.directory().drop_peer(&peer),
+            PeerKind::Probe => {}
         }
         self.update_gauges();
     }
@@ -301,9 +329,19 @@ pub struct Node {
 }
 
 impl Node {
-    /// Bind the QUIC socket and the health server, then start accepting,
-    /// dialing the configured peers and serving health.
+    /// Bind the QUIC socket, the TCP relay and the health server, then
+    /// start accepting, dialing the configured peers and serving health.
     pub async fn start(config: Config, identity: Identity) -> Result<Self, NodeError> {
+        Self::start_with_tcp(config, identity, None).await
+    }
+
+    /// [`Node::start`] with an already bound TCP relay listener (systemd
+    /// socket activation), used instead of binding `[tcp] listen`.
+    pub async fn start_with_tcp(
+        config: Config,
+        identity: Identity,
+        tcp: Option<std::net::TcpListener>,
+    ) -> Result<Self, NodeError> {
         let agents = TransportOptions::node_to_agent(
             config.transport.keepalive(),
             config.transport.idle_timeout(),
@@ -342,6 +380,24 @@ impl Node {
                 source,
             })?;
         let health_addr = health_listener.local_addr().unwrap_or(config.health.listen);
+        let tcp_listener = match (tcp, config.tcp.addr()) {
+            (Some(l), _) => {
+                l.set_nonblocking(true).ok();
+                let addr = l.local_addr().unwrap_or(config.listen);
+                Some(
+                    tokio::net::TcpListener::from_std(l)
+                        .map_err(|source| NodeError::TcpBind { addr, source })?,
+                )
+            }
+            (None, Some(addr)) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::TcpBind { addr, source })?,
+            ),
+            (None, None) => None,
+        };
+        let tcp_tls = x0x_proto::tls::tcp_server_config(&identity)
+            .map_err(|e| NodeError::TcpTls(e.to_string()))?;
 
         let mesh_addrs = config
             .peers
@@ -382,10 +438,15 @@ impl Node {
             tasks.spawn(mesh::maintain(shared.clone(), peer));
         }
         tasks.spawn(health::serve(shared.clone(), health_listener));
+        let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = tcp_listener {
+            tasks.spawn(tcp::serve(shared.clone(), l, Arc::new(tcp_tls)));
+        }
         info!(
             peer_id = %shared.peer_id,
             listen = %shared.endpoint.local_addr().map_or("?".into(), |a| a.to_string()),
             health = %health_addr,
+            tcp = %tcp_addr.map_or("off".into(), |a| a.to_string()),
             peers = shared.config.peers.len(),
             roles = ?shared.config.roles,
             "node started"
@@ -445,8 +506,10 @@ async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
             },
         };
         let remote = incoming.remote_address();
+        // A TCP relay session counts against its TCP peer's address.
+        let source = shared.socket.tcp_peer_of(&remote).unwrap_or(remote);
         let verdict = shared.admission.judge(
-            remote,
+            source,
             incoming.remote_address_validated(),
             incoming.may_retry(),
             shared.is_mesh_addr(&remote),
@@ -466,7 +529,7 @@ async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
             }
             Verdict::Mesh | Verdict::Accept => {
                 let mesh = verdict == Verdict::Mesh;
-                let slot = shared.admission.start(remote, mesh);
+                let slot = shared.admission.start(source, mesh);
                 tasks.spawn(session::inbound(shared.clone(), incoming, mesh, slot));
             }
         }

@@ -6,30 +6,64 @@
 //! channel, no task, no QUIC termination. A GRO batch of one circuit (the
 //! common case under load) is checked and charged once, its circuit ids
 //! rewritten in place, and sent as one GSO transmission.
+//!
+//! Agents on networks that block UDP reach the node over TLS/WebSocket
+//! ([`super::tcp`]); each such session is a *virtual peer* here: datagrams
+//! it sends are injected into the receive path as if they came from its
+//! virtual address, and datagrams for that address go back down its
+//! WebSocket. quinn and the relay cannot tell the difference.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::mpsc;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use x0x_proto::batch;
-use x0x_proto::relay::{self, RELAY_HEADER_LEN, TYPE_RELAY};
+use x0x_proto::relay::{
+    self, RELAY_HEADER_LEN, TYPE_RELAY, TYPE_UDP_CHECK, TYPE_UDP_ECHO, UDP_CHECK_LEN,
+};
 
 use crate::metrics::Metrics;
 use crate::roles::relay::{Drop, Relay};
 
+/// Datagrams from TCP sessions waiting for quinn.
+const INJECTED: usize = 8192;
+/// Datagrams queued toward one TCP session.
+const TO_SESSION: usize = 1024;
+
+/// A TCP session seen as a UDP peer.
+#[derive(Debug)]
+struct Virtual {
+    tx: mpsc::Sender<Vec<u8>>,
+    tcp_peer: SocketAddr,
+}
+
+#[derive(Debug, Default)]
+struct Virtuals {
+    peers: HashMap<SocketAddr, Virtual>,
+    next: u64,
+}
+
 /// See the module documentation.
 pub struct NodeSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    ipv6: bool,
     relay: Arc<Relay>,
     relay_on: bool,
     max_payload: usize,
     metrics: Metrics,
+    virtuals: Mutex<Virtuals>,
+    injected: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    waker: AtomicWaker,
 }
 
 impl fmt::Debug for NodeSocket {
@@ -48,28 +82,98 @@ impl NodeSocket {
         max_payload: usize,
         metrics: Metrics,
     ) -> io::Result<Arc<Self>> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
         Ok(Arc::new(Self {
             inner,
+            ipv6,
             relay,
             relay_on,
             max_payload,
             metrics,
+            virtuals: Mutex::default(),
+            injected: Mutex::default(),
+            waker: AtomicWaker::new(),
         }))
+    }
+
+    fn virtuals(&self) -> std::sync::MutexGuard<'_, Virtuals> {
+        self.virtuals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new virtual peer for the TCP session from `tcp_peer`: its address,
+    /// and the datagrams to send down the session.
+    pub fn add_virtual(&self, tcp_peer: SocketAddr) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(TO_SESSION);
+        let mut v = self.virtuals();
+        v.next += 1;
+        let n = v.next;
+        let addr = if self.ipv6 {
+            let s = |shift: u32| ((n >> shift) & 0xffff) as u16;
+            SocketAddr::new(
+                Ipv6Addr::new(0xfd58, 0x3078, 0x7463, 0, s(48), s(32), s(16), s(0)).into(),
+                1,
+            )
+        } else {
+            let low = (n % ((1 << 28) - 2)) as u32 + 1;
+            SocketAddr::new(Ipv4Addr::from(0xf000_0000 | low).into(), 1)
+        };
+        v.peers.insert(addr, Virtual { tx, tcp_peer });
+        (addr, rx)
+    }
+
+    /// The TCP session at `addr` ended.
+    pub fn remove_virtual(&self, addr: &SocketAddr) {
+        self.virtuals().peers.remove(addr);
+    }
+
+    /// The TCP peer behind a virtual address.
+    pub fn tcp_peer_of(&self, addr: &SocketAddr) -> Option<SocketAddr> {
+        self.virtuals().peers.get(addr).map(|v| v.tcp_peer)
+    }
+
+    /// TCP sessions open now.
+    pub fn tcp_sessions(&self) -> usize {
+        self.virtuals().peers.len()
+    }
+
+    /// A datagram the TCP session at `from` sent. Returns false if dropped.
+    pub fn inject(&self, from: SocketAddr, datagram: Vec<u8>) -> bool {
+        {
+            let mut q = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= INJECTED {
+                return false;
+            }
+            q.push_back((from, datagram));
+        }
+        self.waker.wake();
+        true
+    }
+
+    /// Send `contents` (datagrams `segment` bytes apart) to `to`: down its
+    /// TCP session if it is a virtual peer, else from the UDP socket.
+    fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) -> io::Result<()> {
+        let tx = self.virtuals().peers.get(&to).map(|v| v.tx.clone());
+        if let Some(tx) = tx {
+            for d in contents.chunks(segment.unwrap_or(contents.len()).max(1)) {
+                if tx.try_send(d.to_vec()).is_err() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+            }
+            return Ok(());
+        }
+        self.inner.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        })
     }
 
     /// Send one small datagram (a vouch packet) to `to`. Best effort.
     pub fn send_to(&self, to: SocketAddr, contents: &[u8]) -> bool {
-        let to = self.for_socket(to);
-        self.inner
-            .try_send(&Transmit {
-                destination: to,
-                ecn: None,
-                contents,
-                segment_size: None,
-                src_ip: None,
-            })
-            .is_ok()
+        self.send(self.for_socket(to), contents, None).is_ok()
     }
 
     /// `to` in the address family of the socket.
@@ -111,13 +215,7 @@ impl NodeSocket {
         let per_send = self.inner.max_transmit_segments().max(1) * stride;
         let mut sent_all = true;
         for chunk in buf.chunks(per_send) {
-            let sent = self.inner.try_send(&Transmit {
-                destination: route.to,
-                ecn: None,
-                contents: chunk,
-                segment_size: (chunk.len() > stride).then_some(stride),
-                src_ip: None,
-            });
+            let sent = self.send(route.to, chunk, (chunk.len() > stride).then_some(stride));
             sent_all &= sent.is_ok();
         }
         if sent_all {
@@ -176,6 +274,14 @@ impl NodeSocket {
                     let mut one = buf[r].to_vec();
                     self.forward(meta.addr, &mut one, len, cid);
                 }
+                _ if buf[r.start] == TYPE_UDP_CHECK && len == UDP_CHECK_LEN => {
+                    // UDP works for this agent: say so, from where it asked.
+                    let mut echo = buf[r].to_vec();
+                    echo[0] = TYPE_UDP_ECHO;
+                    if self.tcp_peer_of(&meta.addr).is_none() {
+                        let _ = self.send(meta.addr, &echo, None);
+                    }
+                }
                 _ => self.metrics.reject_frame("stray_packet"),
             }
         }
@@ -190,7 +296,11 @@ impl AsyncUdpSocket for NodeSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        self.send(
+            transmit.destination,
+            transmit.contents,
+            transmit.segment_size,
+        )
     }
 
     fn poll_recv(
@@ -199,8 +309,18 @@ impl AsyncUdpSocket for NodeSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        self.waker.register(cx.waker());
         loop {
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            // Datagrams from TCP sessions first, then the UDP socket.
+            let injected = {
+                let mut q = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+                batch::fill_from(&mut q, bufs, meta)
+            };
+            let n = if injected > 0 {
+                injected
+            } else {
+                ready!(self.inner.poll_recv(cx, bufs, meta))?
+            };
             let keep: Vec<bool> = (0..n)
                 .map(|i| self.filter(&mut bufs[i], &mut meta[i]))
                 .collect();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use x0x::{AgentError, ConnectOptions, PathKind, PathPolicy, PeerConnection, PeerId};
+use x0x::{AgentError, ConnectOptions, PathKind, PathPolicy, PeerConnection, PeerId, Transport};
 
 use crate::net::{self, NetArgs, ms};
 
@@ -114,15 +114,23 @@ pub async fn run(args: ConnectArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn path_line(path: PathKind, via: Option<PeerId>, t: Duration, json: bool) {
+/// One path of the connection: kind, relaying node, direct address, transport.
+type Path = (
+    PathKind,
+    Option<PeerId>,
+    Option<std::net::SocketAddr>,
+    Transport,
+);
+
+fn path_line((path, via, addr, transport): Path, t: Duration, json: bool) {
     if json {
         println!(
             "{}",
-            json!({"event": "path", "path": path, "t_ms": ms(t), "via": via.map(|v| v.to_string()), "transport": "udp"})
+            json!({"event": "path", "path": path, "t_ms": ms(t), "via": via.map(|v| v.to_string()), "addr": addr, "transport": transport})
         );
     } else {
         eprintln!(
-            "x0x: path {path:?}{} at {:.1} ms",
+            "x0x: path {path:?}{} over {transport:?} at {:.1} ms",
             via.map(|v| format!(" via {}", v.short()))
                 .unwrap_or_default(),
             ms(t)
@@ -130,25 +138,38 @@ fn path_line(path: PathKind, via: Option<PeerId>, t: Duration, json: bool) {
     }
 }
 
+/// The connection's path now.
+fn current(pc: &PeerConnection) -> Path {
+    let addr = pc
+        .paths()
+        .into_iter()
+        .find(|p| p.selected && p.kind == PathKind::Direct)
+        .map(|p| p.addr);
+    (pc.path(), pc.via(), addr, pc.transport())
+}
+
 /// Print the first path, then every change, until aborted.
 async fn report_paths(pc: PeerConnection, started: Instant, json: bool, changes: Arc<AtomicU32>) {
     let mut events = pc.path_events();
-    let mut last = (pc.path(), pc.via());
-    path_line(last.0, last.1, started.elapsed(), json);
-    // A change between connect() returning and the subscription.
-    let now = (pc.path(), pc.via());
-    if now != last {
-        changes.fetch_add(1, Ordering::Relaxed);
-        path_line(now.0, now.1, started.elapsed(), json);
-        last = now;
-    }
-    while let Some(e) = events.next().await {
-        if (e.path, e.via) == last {
+    let mut last = current(&pc);
+    path_line(last, started.elapsed(), json);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        // Path events, and a look every 200 ms for a change the events do
+        // not carry (the node link moving between TCP and UDP).
+        let next = tokio::select! {
+            e = events.next() => match e {
+                Some(e) => (e.path, e.via, e.addr, e.transport),
+                None => break,
+            },
+            _ = tick.tick() => current(&pc),
+        };
+        if next == last {
             continue;
         }
-        last = (e.path, e.via);
+        last = next;
         changes.fetch_add(1, Ordering::Relaxed);
-        path_line(e.path, e.via, e.at.saturating_duration_since(started), json);
+        path_line(next, started.elapsed(), json);
     }
 }
 
@@ -174,7 +195,7 @@ fn summary(
                 "pings_ok": pings_ok,
                 "reconnects": reconnects,
                 "path_changes": path_changes,
-                "transport": "udp",
+                "transport": pc.transport(),
                 "time_to_direct_ms": pc.time_to_direct().map(ms),
             })
         );

@@ -67,7 +67,7 @@ fn serve(pc: PeerConnection, json: bool) {
                 if json {
                     println!(
                         "{}",
-                        json!({"event": "path", "peer_id": peer.to_string(), "path": e.path, "t_ms": ms(e.at.saturating_duration_since(accepted)), "via": e.via.map(|v| v.to_string()), "transport": e.transport})
+                        json!({"event": "path", "peer_id": peer.to_string(), "path": e.path, "t_ms": ms(e.at.saturating_duration_since(accepted)), "via": e.via.map(|v| v.to_string()), "addr": e.addr, "transport": e.transport})
                     );
                 } else {
                     println!("{peer}: now {:?} ({:?})", e.path, e.reason);

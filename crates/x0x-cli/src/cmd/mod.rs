@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod listen;
 pub mod netcheck;
+pub mod status;
 
 use serde_json::json;
 use x0x::{AgentError, PeerId};

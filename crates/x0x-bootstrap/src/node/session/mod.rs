@@ -18,7 +18,6 @@ use super::Shared;
 use super::admission::{Handshake, Ticket};
 use super::outbox::Outbox;
 use super::registry::{Admission, Entry};
-use crate::roles::reflector;
 
 /// How often an agent's connection is checked for a changed address.
 const MIGRATION_CHECK: Duration = Duration::from_secs(1);
@@ -136,7 +135,7 @@ pub async fn inbound(
             }
             conn.set_receive_window(VarInt::from_u32(MESH_RECEIVE_WINDOW));
         }
-        let observed = reflector::observed_address(shared.config.roles.reflector, &conn);
+        let observed = shared.reflect(&conn);
         if observed.is_some() {
             shared.metrics.reflector_observations.inc();
         }
@@ -150,6 +149,13 @@ pub async fn inbound(
     }
     .await;
     match result {
+        Ok((PeerKind::Probe, ..)) => {
+            // Answered: the dialer closes; a prober that lingers is closed
+            // for it, so probes never hold a connection slot for long.
+            shared.metrics.probes_answered.inc();
+            let _ = tokio::time::timeout(hello_within, conn.closed()).await;
+            conn.close(close::NORMAL, b"probe answered");
+        }
         Ok((kind, incarnation, send, recv)) => {
             let link = Link {
                 conn,
@@ -229,7 +235,7 @@ async fn serve(
     } = link;
     let outbox = Arc::new(Outbox::new(match kind {
         PeerKind::Node => MESH_QUEUE,
-        PeerKind::Agent => shared.config.limits.agent_push_queue,
+        PeerKind::Agent | PeerKind::Probe => shared.config.limits.agent_push_queue,
     }));
     let entry = Entry {
         conn: conn.clone(),
@@ -272,7 +278,7 @@ async fn serve(
         let limits = match kind {
             PeerKind::Node => ReadLimits::MESH,
             // Agents send nothing after Hello: any frame is refused.
-            PeerKind::Agent => ReadLimits::REQUEST,
+            PeerKind::Agent | PeerKind::Probe => ReadLimits::REQUEST,
         };
         loop {
             match wire::read_frame(&mut recv, &limits).await {
@@ -333,6 +339,9 @@ async fn track_address(
         }
         last = now;
         shared.relay.moved(&peer, now);
+        if shared.over_tcp(conn) {
+            continue; // a TCP session's address is no UDP candidate
+        }
         shared.update_directory(|d| {
             let update = d.observed_moved(&peer, canonical(now));
             if update.is_some() {

@@ -87,10 +87,7 @@ async fn answer(
             }
         }
         Message::Ping => Message::Pong {
-            observed: crate::roles::reflector::observed_address(
-                shared.config.roles.reflector,
-                conn,
-            ),
+            observed: shared.reflect(conn),
         },
         _ if !shared.config.roles.coordinator => {
             refuse(shared, Refusal::CoordinatorDisabled, "coordinator_disabled")
@@ -142,7 +139,12 @@ fn record_for(
     agent: PeerId,
     reported: &[std::net::SocketAddr],
 ) -> AgentRecord {
-    let mut addrs = vec![canonical(conn.remote_address())];
+    // The observed address first; over TCP there is no UDP address to give.
+    let mut addrs = if shared.over_tcp(conn) {
+        Vec::new()
+    } else {
+        vec![canonical(conn.remote_address())]
+    };
     let candidates = reported
         .iter()
         .copied()
