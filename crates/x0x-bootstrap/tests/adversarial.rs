@@ -6,7 +6,8 @@
 //!
 //! Networks: 127.152 (one source), 127.153 and 127.155 (memory and
 //! stalls), 127.154 (directory poisoning), 127.156 (relay jam), 127.157
-//! (join storm).
+//! (join storm), 127.158 and 127.159 (the TCP relay listener), 127.160
+//! (Status requests).
 
 use x0x_testkit as common;
 
@@ -1145,4 +1146,234 @@ async fn a_join_storm_after_a_node_restart_keeps_the_mesh_up_and_the_directory_c
         "a node reported fewer than 5 peers after the mesh was whole again: {unstable:?}"
     );
     swarm.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// The TCP relay listener.
+
+fn tcp_addr(node: &common::NodeProc) -> SocketAddr {
+    SocketAddr::new(node.quic.ip(), 443)
+}
+
+/// Whether the node closed `stream` within `within` (EOF or reset) rather
+/// than keeping it open without a byte.
+async fn closed_by_node(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(within, stream.read(&mut buf)).await {
+        Err(_) => false,
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(n)) => panic!("the node sent {n} bytes before any TLS ClientHello"),
+    }
+}
+
+/// TCP connections that never start TLS, as many as an attacker likes: one
+/// source is held at `connections_per_ip` (the rest closed at once), all
+/// sources together at `max_handshakes` handshakes in flight, and every
+/// stalled handshake is closed after `hello_timeout_ms`; each refusal is
+/// counted under its key in `x0x_tcp_rejected_total`. Once the stalled
+/// ones are gone an agent's session is accepted. Without either cap the
+/// extra connections would be held open like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tcp_relay_handshakes_are_held_at_their_caps_and_closed_in_time() {
+    const PER_IP: usize = 8;
+    const IN_FLIGHT: usize = 12;
+    let c = common::single_node(
+        158,
+        &format!(
+            "[limits]\nconnections_per_ip = {PER_IP}\nmax_handshakes = {IN_FLIGHT}\n\
+             hello_timeout_ms = 4000\n"
+        ),
+    );
+    let to = tcp_addr(&c.nodes[0]);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    // One source: PER_IP + 3 connections.
+    for _ in 0..PER_IP + 3 {
+        let mut s = common::wss::tcp_from(ip("127.158.1.1"), to).await.unwrap();
+        if closed_by_node(&mut s, Duration::from_millis(300)).await {
+            refused += 1;
+        } else {
+            held.push(s);
+        }
+    }
+    assert_eq!((held.len(), refused), (PER_IP, 3), "one source");
+    // Other sources: only IN_FLIGHT - PER_IP more handshakes fit.
+    let mut refused_all = 0;
+    for h in 1..=8u8 {
+        let mut s = common::wss::tcp_from(ip(&format!("127.158.1.{}", 10 + h)), to)
+            .await
+            .unwrap();
+        if closed_by_node(&mut s, Duration::from_millis(300)).await {
+            refused_all += 1;
+        } else {
+            held.push(s);
+        }
+    }
+    assert_eq!(
+        (held.len(), refused_all),
+        (IN_FLIGHT, 8 - (IN_FLIGHT - PER_IP)),
+        "all sources"
+    );
+    let m = |r: &str| format!("x0x_tcp_rejected_total{{reason=\"{r}\"}}");
+    assert_eq!(metric(&c, 0, &m("connections_per_ip")).await, 3.0);
+    assert_eq!(
+        metric(&c, 0, &m("max_handshakes")).await,
+        (8 - (IN_FLIGHT - PER_IP)) as f64
+    );
+    // A real session is refused too while the handshakes are full ...
+    let r = common::wss::session_from(ip("127.158.2.1"), to).await;
+    assert!(
+        r.is_err(),
+        "a session got through with every handshake slot taken"
+    );
+    // ... and every stalled one is closed by the deadline (generous here).
+    for s in &mut held {
+        assert!(
+            closed_by_node(s, Duration::from_secs(15)).await,
+            "a stalled TCP handshake outlived hello_timeout_ms"
+        );
+    }
+    assert_eq!(
+        metric(&c, 0, &m("hello_timeout_ms")).await,
+        IN_FLIGHT as f64
+    );
+    let ws = common::wss::session_from(ip("127.158.2.1"), to)
+        .await
+        .unwrap_or_else(|e| panic!("no session once the stalled handshakes are gone: {e}"));
+    drop(ws);
+}
+
+/// A WebSocket session that sends nothing is closed after
+/// `transport.idle_timeout_ms` (`idle_timeout_ms`); one that keeps sending
+/// stays open past it; a message larger than the largest datagram closes
+/// the session (`too_large`). Without the idle timeout a silent session
+/// would hold its slot of `max_connections` and `connections_per_ip` for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relay_sessions_that_go_quiet_or_send_oversized_messages_are_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    const IDLE_MS: u64 = 2_000;
+    let c = common::single_node(
+        159,
+        &format!("[transport]\nkeepalive_ms = 500\nidle_timeout_ms = {IDLE_MS}\n"),
+    );
+    let to = tcp_addr(&c.nodes[0]);
+    let m = |r: &str| format!("x0x_tcp_rejected_total{{reason=\"{r}\"}}");
+
+    let mut quiet = common::wss::session_from(ip("127.159.1.1"), to)
+        .await
+        .unwrap();
+    let mut talking = common::wss::session_from(ip("127.159.1.2"), to)
+        .await
+        .unwrap();
+    assert_eq!(metric(&c, 0, "x0x_tcp_sessions").await, 2.0);
+    // `talking` sends a junk datagram (quinn drops it) every 300 ms for
+    // twice the idle timeout; `quiet` sends nothing.
+    let t0 = Instant::now();
+    let mut quiet_closed = None;
+    while t0.elapsed() < Duration::from_millis(2 * IDLE_MS + 500) {
+        talking
+            .send(Ws::Binary(vec![0u8; 40].into()))
+            .await
+            .expect("the talking session stays open past the idle timeout");
+        if quiet_closed.is_none()
+            && let Ok(msg) = tokio::time::timeout(Duration::from_millis(300), quiet.next()).await
+        {
+            assert!(
+                !matches!(msg, Some(Ok(Ws::Binary(_)))),
+                "the node sent a datagram to a session that sent nothing"
+            );
+            quiet_closed = Some(t0.elapsed());
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let quiet_closed = quiet_closed.expect("the quiet session is still open");
+    eprintln!("quiet session closed after {quiet_closed:?} (idle timeout {IDLE_MS} ms)");
+    assert_eq!(metric(&c, 0, &m("idle_timeout_ms")).await, 1.0);
+    assert_eq!(metric(&c, 0, "x0x_tcp_sessions").await, 1.0);
+
+    // One message above the largest datagram.
+    talking
+        .send(Ws::Binary(
+            vec![0u8; x0x_proto::relay::MAX_WS_DATAGRAM + 1].into(),
+        ))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match talking.next().await {
+                Some(Ok(Ws::Binary(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "an oversized message did not close the session"
+    );
+    assert_eq!(metric(&c, 0, &m("too_large")).await, 1.0);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || c.nodes[0]
+            .metric("x0x_tcp_sessions")
+            == 0.0),
+        "sessions still open"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Status requests.
+
+/// `Status` is a request like the others: an agent connection asking for
+/// it as fast as it can gets at most `requests_per_sec` answers in its
+/// burst and `RateLimited` for the rest; answers are counted in
+/// `x0x_status_requests_total`, refusals under `requests_per_sec`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_requests_are_rate_limited_and_counted() {
+    const RATE: usize = 10;
+    let c = common::single_node(160, &format!("[limits]\nrequests_per_sec = {RATE}\n"));
+    let client = RawClient::bind("127.160.1.1:0");
+    let s = hello(client.dial(c.nodes[0].quic).await.unwrap(), PeerKind::Agent).await;
+    // Every request in flight at once: the bucket holds one second's worth.
+    let replies =
+        futures_util::future::join_all((0..RATE * 3).map(|_| request(&s.conn, &Message::Status)))
+            .await;
+    let answered = replies
+        .iter()
+        .filter(|r| matches!(r, Message::StatusReport { .. }))
+        .count();
+    let limited = replies
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Message::Refused {
+                    reason: wire::Refusal::RateLimited
+                }
+            )
+        })
+        .count();
+    assert_eq!(answered + limited, RATE * 3, "{replies:?}");
+    // The bucket refills while the burst is served: allow one or two more.
+    assert!(
+        (RATE..RATE + 3).contains(&answered),
+        "{answered} Status answers in a burst of {} with requests_per_sec = {RATE}",
+        RATE * 3
+    );
+    assert_eq!(
+        metric(&c, 0, "x0x_status_requests_total").await,
+        answered as f64
+    );
+    assert_eq!(
+        metric(
+            &c,
+            0,
+            "x0x_requests_refused_total{reason=\"requests_per_sec\"}"
+        )
+        .await,
+        limited as f64
+    );
 }

@@ -5,6 +5,7 @@
 //! - [`raw`]: a raw protocol client; [`lean`]: thousands of lean agents.
 //! - [`flood`]: spoofed-source floods of real QUIC Initials (raw sockets).
 //! - [`procstat`]: CPU time and RSS of a process.
+//! - [`wss`]: a raw client of a node's TCP relay (TLS + WebSocket).
 //! - [`wan`]: the six-node fleet in namespaces under real city-pair delays.
 //!
 //! Nothing here sends a packet outside 127.0.0.0/8 or the namespaces a lab
@@ -17,5 +18,6 @@ pub mod netns;
 pub mod procstat;
 pub mod raw;
 pub mod wan;
+pub mod wss;
 
 pub use cluster::*;
