@@ -6,8 +6,8 @@
 //!
 //! Networks: 127.152 (one source), 127.153 and 127.155 (memory and
 //! stalls), 127.154 (directory poisoning), 127.156 (relay jam), 127.157
-//! (join storm), 127.158 and 127.159 (the TCP relay listener), 127.160
-//! (Status requests).
+//! (join storm), 127.158, 127.159 and 127.161 (the TCP relay listener),
+//! 127.160 (Status requests).
 
 use x0x_testkit as common;
 
@@ -1346,6 +1346,46 @@ async fn tcp_relay_sessions_that_go_quiet_or_send_oversized_messages_are_closed(
             == 0.0),
         "sessions still open"
     );
+}
+
+/// TCP relay sessions in all are held at `max_connections`: with that many
+/// open, one more (from another source) is refused and counted
+/// (`max_connections`); once one closes, a new one is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relay_sessions_are_held_at_max_connections() {
+    const MAX: usize = 3;
+    let c = common::single_node(161, &format!("[limits]\nmax_connections = {MAX}\n"));
+    let to = tcp_addr(&c.nodes[0]);
+    let mut open = Vec::new();
+    for h in 1..=MAX {
+        let from = ip(&format!("127.161.1.{h}"));
+        open.push(common::wss::session_from(from, to).await.unwrap());
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(5), || c.nodes[0]
+            .metric("x0x_tcp_sessions")
+            == MAX as f64),
+        "{MAX} sessions not open"
+    );
+    let extra = common::wss::session_from(ip("127.161.1.9"), to).await;
+    assert!(
+        extra.is_err(),
+        "a session beyond max_connections was accepted"
+    );
+    assert_eq!(
+        metric(&c, 0, "x0x_tcp_rejected_total{reason=\"max_connections\"}").await,
+        1.0
+    );
+    drop(open.pop());
+    assert!(
+        common::wait_until(Duration::from_secs(5), || c.nodes[0]
+            .metric("x0x_tcp_sessions")
+            == (MAX - 1) as f64),
+        "a closed session still counted"
+    );
+    common::wss::session_from(ip("127.161.1.9"), to)
+        .await
+        .unwrap_or_else(|e| panic!("no session after one closed: {e}"));
 }
 
 // ---------------------------------------------------------------------------
