@@ -12,6 +12,8 @@
 mod agents;
 #[path = "netns/fleet.rs"]
 mod fleet;
+#[path = "netns/flood.rs"]
+mod flood;
 use x0x_testkit::netns as lab;
 #[path = "netns/mesh.rs"]
 mod mesh;
