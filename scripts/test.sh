@@ -24,13 +24,31 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v tc >/dev/null || need+=(iproute2)
   command -v unshare >/dev/null || need+=(util-linux)
   command -v nix-instantiate >/dev/null || need+=(nix-bin)
+  # The port-mapping tests (tests/netns/portmap.rs) run Debian's miniupnpd
+  # (UPnP IGD, NAT-PMP, PCP) inside a lab router's namespace, with its
+  # iptables backend (its rules go to the legacy tables: iptables-legacy).
+  # Only the daemon's binary package: it has no maintainer scripts, no
+  # debconf questions and no service, so nothing starts on this host or
+  # touches its firewall (the `miniupnpd` package would add a service).
+  # The nftables build conflicts with it: a host that has it keeps it, and
+  # the port-mapping tests then fail saying so.
+  if ! dpkg -s miniupnpd-iptables >/dev/null 2>&1; then
+    if dpkg -s miniupnpd-nftables >/dev/null 2>&1; then
+      echo "miniupnpd-nftables is installed: the port-mapping tests need miniupnpd-iptables and will fail" >&2
+    else
+      need+=(miniupnpd-iptables)
+    fi
+  fi
+  command -v iptables-legacy >/dev/null || need+=(iptables)
+  command -v shellcheck >/dev/null || need+=(shellcheck)
+  command -v jq >/dev/null || need+=(jq)
   if [ ${#need[@]} -gt 0 ]; then
     echo "apt-get install ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 else
-  echo "not root or no apt-get: assuming iproute2, iptables and nix-bin are installed"
+  echo "not root or no apt-get: assuming iproute2, iptables, miniupnpd-iptables and nix-bin are installed"
 fi
 # The network-namespace tests need root. They fail rather than pass
 # silently when they cannot run; X0X_SKIP_NETNS=1 skips them on purpose.
@@ -69,6 +87,12 @@ isolated "echo \"interfaces in this namespace: \$(ip -o link show | cut -d: -f2 
   exit "$rc"
 }
 
+step "fuzz corpus replay (stable toolchain; docs/FUZZING.md)"
+scripts/fuzz.sh replay
+
+step "monitoring: promtool check/test rules, dashboard schema (docs/MONITORING.md)"
+scripts/check-monitoring.sh
+
 if [ "$quick" = 1 ]; then
   step "done (quick)"
   exit 0
@@ -82,6 +106,13 @@ fi
 if [ -x scripts/check-nix.sh ]; then
   step "Nix checks"
   scripts/check-nix.sh
+  step "deploy and adopt tooling (shellcheck, captured machine outputs, simulated nodes)"
+  scripts/check-deploy.sh
+  step "flake checks with a modern Nix (root; X0X_SKIP_MODERN_NIX=1 to skip)"
+  scripts/check-nix-modern.sh
 fi
+
+step "the module's unit under real systemd, one node and a six-container mesh (root; X0X_SKIP_SYSTEMD=1 to skip)"
+scripts/check-systemd.sh
 
 step "all checks passed"

@@ -38,6 +38,7 @@ pub mod collab;
 mod error;
 mod network;
 pub mod path;
+mod portmap;
 mod socket;
 
 pub use agent::{
@@ -49,6 +50,7 @@ pub use collab::service::{Message, Subscription, TaskListHandle};
 pub use error::{AgentError, NodeFailure};
 pub use network::{DEFAULT_BOOTSTRAP_PEERS, NetworkConfig};
 pub use path::{PathEvent, PathInfo, PathKind, PathPolicy, PathReason, Transport};
+pub use portmap::{PortMapProtocol, PortMapping};
 /// The QUIC implementation whose types appear in this API ([`quinn::Connection`], streams).
 pub use quinn;
 /// Which addresses an agent may be told to send packets to.
