@@ -45,9 +45,12 @@ pub(super) async fn serve(
                 Ok(()) => {}
                 // The agent gave up on this one request (reset its stream,
                 // e.g. a hedged introduction another node answered first):
-                // count it, but keep the connection.
+                // count it, but keep the connection. (On a connection
+                // already closed, this is a consequence: not counted.)
                 Err(SessionError::Wire(x0x_proto::wire::WireError::Io(_))) => {
-                    shared.metrics.reject_frame("io");
+                    if conn.close_reason().is_none() {
+                        shared.metrics.reject_frame("io");
+                    }
                 }
                 Err(e) => e.close(&shared, &conn),
             }
