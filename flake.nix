@@ -1,5 +1,5 @@
 {
-  description = "x0x: the bootstrap node, its NixOS module and the saorsa fleet";
+  description = "x0x: the bootstrap node, the agent CLI, their NixOS module and the saorsa fleet";
 
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
@@ -19,16 +19,16 @@
           craneLib = crane.mkLib pkgs;
         };
 
-      # One entry per node of hosts/inventory.toml: { node, network, hardware }.
+      # One entry per node of hosts/inventory.toml: { node, machine }.
       hosts = import ./hosts { };
     in
     {
       packages = forAllSystems (pkgs:
         let
-          inherit (crateFor pkgs) x0x-bootstrap;
+          inherit (crateFor pkgs) x0x-bootstrap x0x-cli;
         in
         {
-          inherit x0x-bootstrap;
+          inherit x0x-bootstrap x0x-cli;
           default = x0x-bootstrap;
         });
 
@@ -38,18 +38,19 @@
         # `nix flake check --all-systems` still evaluates them.
         // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
           vm-mesh = pkgs.testers.runNixOSTest (import ./nixos/tests/mesh.nix { inherit self; });
+          vm-deploy = pkgs.testers.runNixOSTest (import ./nixos/tests/deploy.nix { inherit self; });
         });
 
       overlays.default = final: _prev: {
-        inherit (crateFor final) x0x-bootstrap;
+        inherit (crateFor final) x0x-bootstrap x0x-cli;
       };
 
       nixosModules = {
-        # The module, with the package defaulting to this flake's build of it.
-        x0x-bootstrap = { pkgs, ... }: {
-          imports = [ ./nixos/module.nix ];
-          services.x0x-bootstrap.package =
-            lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.x0x-bootstrap;
+        # The module, with its package option defaulting to this flake's build.
+        x0x-bootstrap = {
+          _file = ./nixos/module.nix;
+          key = "x0x#nixosModules.x0x-bootstrap";
+          imports = [ (import ./nixos/module.nix { x0xPackages = self.packages; }) ];
         };
         default = self.nixosModules.x0x-bootstrap;
       };
@@ -58,14 +59,14 @@
         builtins.mapAttrs
           (_name: host:
             lib.nixosSystem {
-              modules = [ self.nixosModules.default host.node host.network host.hardware ];
+              modules = [ self.nixosModules.default host.node host.machine ];
             })
           hosts;
 
       devShells = forAllSystems (pkgs: {
         default = (crane.mkLib pkgs).devShell {
           inherit (crateFor pkgs) checks;
-          packages = [ pkgs.nixpkgs-fmt pkgs.deadnix pkgs.statix pkgs.cargo-nextest ];
+          packages = [ pkgs.nixpkgs-fmt pkgs.deadnix pkgs.statix pkgs.cargo-nextest pkgs.shellcheck ];
         };
       });
 

@@ -1,13 +1,6 @@
 # saorsa-3: DigitalOcean, SFO.
-# Its address, peers and addressing come from inventory.toml; this file holds only what
-# the machine itself is. The disk layout is the one nixos-infect leaves on a DigitalOcean
-# VM: check it against the node's own nixos-generate-config output before deploying.
-{
-  nixpkgs.hostPlatform = "x86_64-linux";
-  boot.loader.grub.device = "/dev/vda";
-  fileSystems."/" = {
-    device = "/dev/vda1";
-    fsType = "ext4";
-  };
-  system.stateVersion = "26.05";
-}
+# The machine itself (platform, disks, boot loader, interfaces, addresses, resolvers,
+# state version) is described by hosts/facts/saorsa-3.json, which scripts/adopt-host.sh
+# writes from the running machine; hosts/hardware.nix and hosts/network.nix read it.
+# Settings particular to this one node go here.
+{ }

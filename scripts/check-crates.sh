@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 forbidden='axum|hyper|prometheus-client|clap|tracing-subscriber|sd-notify|toml|tempfile'
 tree=$(cargo tree --locked -p x0x -e normal --prefix none)
 if hits=$(grep -oE "^($forbidden) v" <<<"$tree" | sort -u); [ -n "$hits" ]; then
-  echo "FAIL the x0x SDK depends on node or CLI crates:" $hits
+  echo "FAIL the x0x SDK depends on node or CLI crates: ${hits//$'\n'/ }"
   echo "     (cargo tree -p x0x -e normal -i NAME shows why)"
   exit 1
 fi

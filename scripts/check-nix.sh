@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
-# What of the Nix side can be checked on a machine without nixpkgs (issue #3, item 5):
+# What of the Nix side can be checked on a machine without nixpkgs:
 #   1. every tracked .nix file parses (nix-instantiate --parse, Debian's nix-bin);
-#   2. they are formatted (nixpkgs-fmt --check) and lint-clean (deadnix, plus a check
-#      for impure references that would break the flake's hermeticity);
+#   2. they are formatted (nixpkgs-fmt --check) and lint-clean (deadnix, plus a check for
+#      impure references that would break the flake's hermeticity);
 #   3. the inventory and each node's peers evaluate with plain builtins
 #      (scripts/check-inventory.nix), and flake.nix/flake.lock have only nixpkgs+crane;
-#   4. the Rust build is hermetic: Cargo.lock tracked, no git dependencies, no OpenSSL,
-#      and `cargo vendor` + `cargo build --offline --locked --release` succeeds, which
-#      is what crane does in the sandbox;
-#   5. two such builds from different directories give bit-identical binaries.
-# Installs what it lacks (nix-bin with apt when root; the formatter and linter with
-# `cargo install --locked`, pinned, cached in ~/.cargo/bin). Prints PASS/FAIL lines and
-# exits non-zero on any failure. X0X_CHECK_NIX_SKIP_REPRO=1 skips steps 4-5 (local use).
+#   4. the module and the hosts evaluate with nixpkgs' real lib through the nixos-eval
+#      harness (scripts/nix/check-module.nix: 50 named checks of options, rendered
+#      settings, unit, socket, firewall, sysctl merging, assertions, lock-out check,
+#      hosts from inventory and adopted facts);
+#   5. the Rust build is hermetic: Cargo.lock tracked, no git dependencies, no OpenSSL;
+#   6. reproducible: the release build of this tree (scripts/release-build.sh, the one
+#      scripts/check-systemd.sh runs) and a vendored, offline build (`cargo vendor`, empty
+#      CARGO_HOME, `--offline`, what crane does in its sandbox) of a copy of the tree in
+#      another directory give bit-identical x0x-bootstrap and x0x binaries. (cargo vendor
+#      fetches from crates.io only the crates the local cargo cache lacks.)
+# Installs what it lacks: nix-bin with apt when root; nixpkgs-fmt and deadnix, pinned,
+# with `cargo install --locked --root .tools` (this script's own directory, used by path,
+# whatever CARGO_HOME or PATH say). PASS/FAIL lines; exit 1 on any failure.
+# X0X_CHECK_NIX_SKIP_REPRO=1 skips 5-6 (local use).
+#
+# "COND && pass ... || fail ...": pass always succeeds.
+# shellcheck disable=SC2015
 set -uo pipefail
 
 NIXPKGS_FMT_VERSION=1.3.0
 DEADNIX_VERSION=1.3.1
 
 cd "$(git rev-parse --show-toplevel)" || exit 1
-export PATH="$HOME/.cargo/bin:$PATH"
+top=$PWD
+TOOLS=${X0X_TOOLS_DIR:-$top/.tools}
 
 failures=0
 passes=0
@@ -37,21 +48,24 @@ if ! command -v nix-instantiate >/dev/null; then
 fi
 command -v nix-instantiate >/dev/null || { echo "FAIL nix-instantiate missing (apt-get install nix-bin)"; exit 1; }
 
-# `cargo install` of a pinned version, skipped when that version is already installed.
+# `cargo install --root $TOOLS` of a pinned version, skipped when that version is there.
 ensure_crate() { # crate version binary
+  local bin=$TOOLS/bin/$3 t0
   # (nixpkgs-fmt --version exits 1 after printing its version.)
-  if ! { "$3" --version 2>/dev/null || true; } | grep -qF "$2"; then
-    local t0
+  if ! { "$bin" --version 2>/dev/null || true; } | grep -qF "$2"; then
     t0=$(date +%s)
-    cargo install --locked --quiet "$1@$2" || { echo "FAIL cargo install $1@$2"; exit 1; }
-    echo "installed $1 $2 in $(elapsed "$t0")"
+    cargo install --locked --quiet --root "$TOOLS" "$1@$2" || { echo "FAIL cargo install --root $TOOLS $1@$2"; exit 1; }
+    echo "installed $1 $2 into $TOOLS in $(elapsed "$t0")"
   fi
+  [ -x "$bin" ] || { echo "FAIL $bin missing after cargo install"; exit 1; }
 }
 ensure_crate nixpkgs-fmt "$NIXPKGS_FMT_VERSION" nixpkgs-fmt
 ensure_crate deadnix "$DEADNIX_VERSION" deadnix
-echo "$(nix-instantiate --version), nixpkgs-fmt $NIXPKGS_FMT_VERSION, deadnix $DEADNIX_VERSION"
+NIXPKGS_FMT=$TOOLS/bin/nixpkgs-fmt
+DEADNIX=$TOOLS/bin/deadnix
+echo "$(nix-instantiate --version), nixpkgs-fmt $NIXPKGS_FMT_VERSION and deadnix $DEADNIX_VERSION in $TOOLS/bin"
 
-mapfile -t nix_files < <(git ls-files '*.nix')
+mapfile -t nix_files < <(git ls-files --cached --others --exclude-standard '*.nix' | while read -r f; do [ -f "$f" ] && echo "$f"; done)
 [ "${#nix_files[@]}" -gt 0 ] || { echo "FAIL no tracked .nix files"; exit 1; }
 
 # --- 1. parse --------------------------------------------------------------------------
@@ -64,12 +78,12 @@ done
 
 # --- 2. format and lint ----------------------------------------------------------------
 step "format and lint"
-if nixpkgs-fmt --check "${nix_files[@]}"; then
+if "$NIXPKGS_FMT" --check "${nix_files[@]}"; then
   pass "nixpkgs-fmt --check"
 else
-  fail "nixpkgs-fmt --check (run: nixpkgs-fmt \$(git ls-files '*.nix'), or nix fmt)"
+  fail "nixpkgs-fmt --check (run: $NIXPKGS_FMT \$(git ls-files '*.nix'), or nix fmt)"
 fi
-if deadnix --fail "${nix_files[@]}"; then
+if "$DEADNIX" --fail "${nix_files[@]}"; then
   pass "deadnix: no unused bindings"
 else
   fail "deadnix"
@@ -87,13 +101,37 @@ fi
 step "inventory with plain builtins"
 if out=$(nix-instantiate --eval --strict --json scripts/check-inventory.nix 2>&1); then
   echo "$out"
-  pass "6 nodes x 5 peers, no self-peer, all distinct; flake inputs nixpkgs+crane, locked"
+  pass "6 nodes x 5 peers, no self-peer, all distinct, optional fields well formed, facts files; flake inputs nixpkgs+crane, locked"
 else
   echo "$out" | grep -E 'error|check-inventory' | head -5
   fail "inventory evaluation"
 fi
 
-# --- 4./5. hermetic, reproducible Rust build -------------------------------------------
+# --- 4. module and hosts with nixpkgs' lib ---------------------------------------------
+step "module and hosts through the nixos-eval harness (nixpkgs' real lib)"
+shared=${X0X_SHARED:-}
+for d in "$top/../shared" "$top/../../shared"; do
+  [ -n "$shared" ] || { [ -f "$d/tools/nixos-eval/eval.nix" ] && shared=$(cd "$d" && pwd); }
+done
+lib_tgz=''
+for f in "$shared"/nix-inputs/nixpkgs.lib-*.tar.gz; do [ -f "$f" ] && lib_tgz=$f; done
+if [ -z "$shared" ] || [ -z "$lib_tgz" ]; then
+  fail "no ../shared/tools/nixos-eval or ../shared/nix-inputs/nixpkgs.lib-*.tar.gz (set X0X_SHARED)"
+else
+  libdir=$(mktemp -d /tmp/x0x-nixlib.XXXXXX)
+  tar -xzf "$lib_tgz" -C "$libdir"
+  if out=$(nix-instantiate --eval --strict --json scripts/nix/check-module.nix \
+    --arg lib "import $libdir/nixpkgs.lib/lib" --arg harness "$shared/tools/nixos-eval/eval.nix" 2>&1) &&
+    summary=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); [print("  FAILED:", n) for n in d["failed"]]; print(d["total"] - len(d["failed"]), "of", d["total"]); sys.exit(1 if d["failed"] else 0)' "$out"); then
+    pass "module and hosts: $summary checks hold ($(basename "$lib_tgz" .tar.gz))"
+  else
+    echo "${summary:-$out}" | head -20
+    fail "module and hosts evaluation"
+  fi
+  rm -rf "$libdir"
+fi
+
+# --- 5./6. hermetic, reproducible Rust build -------------------------------------------
 if [ "${X0X_CHECK_NIX_SKIP_REPRO:-0}" = 1 ]; then
   step "Rust build: skipped (X0X_CHECK_NIX_SKIP_REPRO=1)"
 else
@@ -106,56 +144,55 @@ else
     pass "no OpenSSL in Cargo.lock (rustls only)"
   fi
 
+  step "reproducible: this tree's release build vs a vendored offline build elsewhere"
   work=$(mktemp -d /tmp/x0x-repro.XXXXXX)
   trap 'rm -rf "$work"' EXIT
-  # The tracked tree, including uncommitted edits to tracked files, as one commit id,
-  # so that both builds get the same sources even if HEAD moves meanwhile.
-  snapshot=$(git stash create 2>/dev/null)
-  snapshot=${snapshot:-$(git rev-parse HEAD)}
-  echo "  sources: $snapshot"
-
-  # One clean build: fresh copy, vendored sources, then an offline build with an empty
-  # CARGO_HOME, so nothing but ./vendor can supply a crate (as in crane's sandbox).
-  # Paths that differ between the two directories are remapped, as crane's fixed
-  # sandbox path (/build) makes them equal there.
-  build_in() { # dir
-    local dir=$1 t0
-    mkdir -p "$dir/src-tree" "$dir/fetch-home" "$dir/cargo-home"
-    git archive "$snapshot" | tar -x -C "$dir/src-tree"
-    (
-      cd "$dir/src-tree" || exit 1
-      t0=$(date +%s)
-      # cargo vendor prints the source replacement that points cargo at the vendor
-      # directory; it is passed with --config rather than written into .cargo/.
-      CARGO_HOME="$dir/fetch-home" cargo vendor --locked "$dir/src-tree/vendor" >"$dir/vendor.toml" 2>"$dir/vendor.log" ||
-        { cat "$dir/vendor.log"; exit 2; }
-      grep -q '^directory = ' "$dir/vendor.toml" || { echo "  cargo vendor printed no source replacement"; exit 2; }
-      echo "  vendor in $dir: $(elapsed "$t0")"
-      t0=$(date +%s)
-      local map="--remap-path-prefix=$dir/src-tree=/build/source --remap-path-prefix=$dir/cargo-home=/build/cargo-home"
-      CARGO_HOME="$dir/cargo-home" \
-        RUSTFLAGS="$map" \
-        CFLAGS="-ffile-prefix-map=$dir/src-tree=/build/source" \
-        CXXFLAGS="-ffile-prefix-map=$dir/src-tree=/build/source" \
-        SOURCE_DATE_EPOCH=0 \
-        cargo build --config "$dir/vendor.toml" --offline --locked --release --quiet --bin x0x-bootstrap || exit 3
-      echo "  build in $dir: $(elapsed "$t0")"
-    )
-  }
-
-  t_build=$(date +%s)
-  if build_in "$work/a" && build_in "$work/b-in-a-longer-directory"; then
-    pass "cargo vendor + cargo build --offline --locked --release, twice ($(elapsed "$t_build"))"
-    bin_a="$work/a/src-tree/target/release/x0x-bootstrap"
-    bin_b="$work/b-in-a-longer-directory/src-tree/target/release/x0x-bootstrap"
-    if cmp -s "$bin_a" "$bin_b"; then
-      pass "reproducible: both x0x-bootstrap binaries are identical ($(sha256sum <"$bin_a" | cut -c1-16)...)"
+  t0=$(date +%s)
+  if a=$(scripts/release-build.sh); then
+    echo "  A: this tree ($top), $(elapsed "$t0")"
+  else
+    a=''
+    fail "release build of this tree"
+  fi
+  # B: the same files (tracked and new, not ignored), copied into a directory of another
+  # name and length, crates vendored from the local cache, built offline with an empty
+  # CARGO_HOME so that only ./vendor can supply a crate.
+  b_tree=$work/b-in-another-longer-directory/src-tree
+  mkdir -p "$b_tree"
+  git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+    [ -e "$f" ] && cp --parents -P -t "$b_tree" "$f"
+  done
+  t0=$(date +%s)
+  # cargo vendor takes every crate of Cargo.lock (Windows- and macOS-only ones too) from
+  # the local cache; what the cache lacks it fetches from crates.io, once.
+  if (cd "$b_tree" && { cargo vendor --locked --offline --versioned-dirs "$b_tree/vendor" >vendor.toml 2>"$work/vendor.log" ||
+    cargo vendor --locked --versioned-dirs "$b_tree/vendor" >vendor.toml 2>>"$work/vendor.log"; }) &&
+    grep -q '^directory = ' "$b_tree/vendor.toml"; then
+    echo "  B: cargo vendor: $(elapsed "$t0")"
+    t0=$(date +%s)
+    if b=$(scripts/release-build.sh --in "$b_tree"); then
+      echo "  B: offline build in $b_tree, $(elapsed "$t0")"
+      pass "cargo vendor + cargo build --offline --locked --release, empty CARGO_HOME"
     else
-      cmp "$bin_a" "$bin_b" | head -1
-      fail "the two x0x-bootstrap binaries differ"
+      b=''
+      fail "vendored offline build"
     fi
   else
-    fail "cargo vendor / offline build"
+    tail -3 "$work/vendor.log"
+    b=''
+    fail "cargo vendor"
+  fi
+  if [ -n "$a" ] && [ -n "$b" ]; then
+    for bin in x0x-bootstrap x0x; do
+      if cmp -s "$a/$bin" "$b/$bin"; then
+        pass "reproducible: both $bin binaries are identical ($(sha256sum <"$a/$bin" | cut -c1-16)...)"
+      else
+        cmp "$a/$bin" "$b/$bin" | head -1
+        echo "  paths and other strings in one binary only (first 10):"
+        diff <(strings -n 12 "$a/$bin" | sort -u) <(strings -n 12 "$b/$bin" | sort -u) | grep '^[<>]' | head -10 | sed 's/^/    /'
+        fail "the two $bin binaries differ"
+      fi
+    done
   fi
 fi
 

@@ -24,6 +24,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v tc >/dev/null || need+=(iproute2)
   command -v unshare >/dev/null || need+=(util-linux)
   command -v nix-instantiate >/dev/null || need+=(nix-bin)
+  command -v shellcheck >/dev/null || need+=(shellcheck)
+  command -v jq >/dev/null || need+=(jq)
   if [ ${#need[@]} -gt 0 ]; then
     echo "apt-get install ${need[*]}"
     apt-get update -qq
@@ -69,6 +71,12 @@ isolated "echo \"interfaces in this namespace: \$(ip -o link show | cut -d: -f2 
   exit "$rc"
 }
 
+step "fuzz corpus replay (stable toolchain; docs/FUZZING.md)"
+scripts/fuzz.sh replay
+
+step "monitoring: promtool check/test rules, dashboard schema (docs/MONITORING.md)"
+scripts/check-monitoring.sh
+
 if [ "$quick" = 1 ]; then
   step "done (quick)"
   exit 0
@@ -82,6 +90,13 @@ fi
 if [ -x scripts/check-nix.sh ]; then
   step "Nix checks"
   scripts/check-nix.sh
+  step "deploy and adopt tooling (shellcheck, captured machine outputs, simulated nodes)"
+  scripts/check-deploy.sh
+  step "flake checks with a modern Nix (root; X0X_SKIP_MODERN_NIX=1 to skip)"
+  scripts/check-nix-modern.sh
 fi
+
+step "the module's unit under real systemd, one node and a six-container mesh (root; X0X_SKIP_SYSTEMD=1 to skip)"
+scripts/check-systemd.sh
 
 step "all checks passed"

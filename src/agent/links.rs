@@ -219,6 +219,7 @@ async fn maintain(
                         info: info.clone(),
                     },
                 );
+                release_claim(&inner, info.peer_id, &key);
                 lock(&inner.status).insert(key.clone(), NodeState::Connected(info.clone()));
                 refresh_candidates(&inner);
                 if let Some(tx) = first.take() {
@@ -325,9 +326,20 @@ async fn connect(inner: &Inner, spec: &PeerSpec, timeout: Duration) -> Result<Di
     .await
     .map_err(|e| e.to_string())?;
     // A second link would displace the first on the node: probe instead.
-    let same_node = lock(&inner.links)
-        .get(&peer)
-        .is_some_and(|l| l.conn.close_reason().is_none());
+    // Dials to a node's two address families run in parallel, so the first
+    // to get here claims the node until its link is in `links`.
+    let key = spec.to_string();
+    let same_node = {
+        let mut claims = lock(&inner.linking);
+        let linked = lock(&inner.links)
+            .get(&peer)
+            .is_some_and(|l| l.conn.close_reason().is_none());
+        let claimed = claims.get(&peer).is_some_and(|k| *k != key);
+        if !linked && !claimed {
+            claims.insert(peer, key.clone());
+        }
+        linked || claimed
+    };
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         let msg = Message::Hello {
@@ -348,10 +360,19 @@ async fn connect(inner: &Inner, spec: &PeerSpec, timeout: Duration) -> Result<Di
             ))),
         }
     };
-    let (send, recv, roles, observed) = tokio::time::timeout(STEP_TIMEOUT, hello)
+    let welcomed = tokio::time::timeout(STEP_TIMEOUT, hello)
         .await
-        .map_err(|_| "no Welcome from node".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| "no Welcome from node".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let (send, recv, roles, observed) = match welcomed {
+        Ok(w) => w,
+        Err(e) => {
+            if !same_node {
+                release_claim(inner, peer, &key);
+            }
+            return Err(e);
+        }
+    };
     if same_node {
         return Ok(Dialed::SameNode {
             conn,
@@ -371,6 +392,14 @@ async fn connect(inner: &Inner, spec: &PeerSpec, timeout: Duration) -> Result<Di
     Ok(Dialed::Link(conn, (send, recv), info))
 }
 
+/// Give up this bootstrap address's claim on `node` (see [`connect`]).
+fn release_claim(inner: &Inner, node: PeerId, key: &str) {
+    let mut claims = lock(&inner.linking);
+    if claims.get(&node).is_some_and(|k| k == key) {
+        claims.remove(&node);
+    }
+}
+
 /// Wait until this agent has no live link to `node`.
 async fn link_gone(inner: &Inner, node: PeerId) {
     loop {
@@ -379,6 +408,8 @@ async fn link_gone(inner: &Inner, node: PeerId) {
             Some(c) if c.close_reason().is_none() => {
                 c.closed().await;
             }
+            // Another address of the node is still becoming its link.
+            _ if lock(&inner.linking).contains_key(&node) => {}
             _ => return,
         }
         // The link may have been replaced meanwhile: look again.

@@ -248,6 +248,7 @@ impl AgentBuilder {
             peer_client,
             tcp_tls,
             links: Mutex::new(HashMap::new()),
+            linking: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             maintained: Mutex::new(HashSet::new()),
             homes: Mutex::new(HashMap::new()),
@@ -300,6 +301,9 @@ pub(crate) struct Inner {
     /// TLS for the TCP relay.
     pub tcp_tls: Arc<rustls::ClientConfig>,
     pub links: Mutex<HashMap<PeerId, Link>>,
+    /// Nodes a dial is turning into a link right now, by the bootstrap
+    /// address that claimed them (lock before `links` when taking both).
+    pub linking: Mutex<HashMap<PeerId, String>>,
     /// Per configured bootstrap address.
     pub status: Mutex<HashMap<String, NodeState>>,
     /// Bootstrap addresses with a task keeping them connected.

@@ -353,7 +353,8 @@ impl Config {
             }
         })?;
         config.validate().map_err(|(table, key, message)| {
-            let line = find_key_line(text, table, key);
+            let line = find_key_line(text, table, key)
+                .or_else(|| related_key(table, key).and_then(|k| find_key_line(text, table, k)));
             let name = if table.is_empty() {
                 key.to_string()
             } else {
@@ -399,12 +400,8 @@ impl Config {
                 return Err(("", "peers", format!("{peer} is listed twice")));
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err((
-                "log",
-                "level",
-                format!("{:?} is not a valid filter: {e}", self.log.level),
-            ));
+        if let Err(e) = check_log_filter(&self.log.level) {
+            return Err(("log", "level", e));
         }
         for (table, keepalive, idle, max_idle) in [
             (
@@ -521,6 +518,34 @@ impl Config {
     }
 }
 
+/// Check a tracing filter (`log.level`, or `RUST_LOG`) before it reaches
+/// `tracing_subscriber::EnvFilter`; the error says what is wrong.
+///
+/// tracing-subscriber 0.3 walks the *trimmed* directive but slices the
+/// untrimmed one with those indices, so a directive with leading whitespace
+/// is misread (ASCII: `info, x0x=debug` fails as an invalid level) or, when a
+/// non-ASCII character follows, the slice falls inside it and the parser
+/// panics (`info, é=debug`; found by fuzzing `Config::parse`). Directives
+/// with whitespace around them are therefore refused here, by name.
+/// Field values are parsed as literals, not regexes: compiling them is
+/// exponential (found by fuzzing: a 25-byte level took 15 s).
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    for (n, directive) in filter.split(',').enumerate() {
+        if directive.trim().len() != directive.len() {
+            return Err(format!(
+                "{filter:?} is not a valid filter: directive {} ({directive:?}) has whitespace around it; \
+                 separate directives with a bare comma, e.g. \"info,x0x=debug\"",
+                n + 1
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(filter)
+        .map(drop)
+        .map_err(|e| format!("{filter:?} is not a valid filter: {e}"))
+}
+
 fn line_number(text: &str, byte: usize) -> usize {
     text[..byte.min(text.len())].matches('\n').count() + 1
 }
@@ -530,7 +555,8 @@ fn table_at(text: &str, line: usize) -> Option<String> {
     text.lines()
         .take(line)
         .filter_map(|l| l.trim().strip_prefix('['))
-        .map(|h| h.trim_end_matches(']').trim().to_string())
+        // `[limits] # comment`: the name ends at the first `]`.
+        .map(|h| h.split(']').next().unwrap_or_default().trim().to_string())
         .last()
         .filter(|_| {
             !text
@@ -540,34 +566,33 @@ fn table_at(text: &str, line: usize) -> Option<String> {
         })
 }
 
-/// The line where `key` is set inside `[table]` (`""` for the top level).
+/// The line where `key` is set inside `[table]` (`""` for the top level),
+/// from the spans of the parsed document: header comments, inline tables
+/// (`limits = { .. }`) and dotted keys (`limits.max_connections = 0`) all
+/// name the line that holds the key.
 fn find_key_line(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(header) = line.strip_prefix('[') {
-            current = header.trim_end_matches(']').trim().to_string();
-            continue;
-        }
-        let Some((k, _)) = line.split_once('=') else {
-            continue;
-        };
-        let k = k.trim().trim_matches('"');
-        let full = if current.is_empty() {
-            k.to_string()
-        } else {
-            format!("{current}.{k}")
-        };
-        let wanted = if table.is_empty() {
-            key.to_string()
-        } else {
-            format!("{table}.{key}")
-        };
-        if full == wanted {
-            return Some(i + 1);
-        }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut t = doc.get_ref();
+    if !table.is_empty() {
+        t = t
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == table)?
+            .1
+            .get_ref()
+            .as_table()?;
     }
-    None
+    let (k, _) = t.iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
+    Some(line_number(text, k.span().start))
+}
+
+/// A key whose value a validation error depends on besides the key it names:
+/// when the named key was left at its default, the error points at this one
+/// (`idle_timeout_ms = 1500` makes the default `keepalive_ms` too high).
+fn related_key(table: &str, key: &str) -> Option<&'static str> {
+    match (table, key) {
+        ("transport" | "mesh", "keepalive_ms") => Some("idle_timeout_ms"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -685,6 +710,65 @@ format = "json"
         assert!(err.contains("log.level"), "{err}");
         let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
         assert!(err.contains(":2") && err.contains("xml"), "{err}");
+    }
+
+    /// Found by the `config` fuzz target: tracing-subscriber panicked on a
+    /// directive with a leading space followed by a non-ASCII character.
+    /// Without `check_log_filter` this test panics inside `EnvFilter`.
+    #[test]
+    fn a_log_filter_with_whitespace_around_a_directive_is_a_clear_error() {
+        for (level, directive) in [
+            ("info, é=debug", "2 (\" é=debug\")"),
+            ("info, x0x=debug", "2 (\" x0x=debug\")"),
+            ("x0x=debug ,info", "1 (\"x0x=debug \")"),
+        ] {
+            let text = format!("# node\n[log]\nlevel = {level:?}\n");
+            let err = std::panic::catch_unwind(|| parse(&text))
+                .unwrap_or_else(|_| panic!("Config::parse panicked on log.level = {level:?}"))
+                .unwrap_err();
+            let ConfigError::Invalid { line, .. } = &err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(*line, Some(3), "{err}");
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with("node.toml:3: key `log.level`:"),
+                "{shown}"
+            );
+            assert!(shown.contains(&format!("directive {directive}")), "{shown}");
+            assert!(shown.contains("whitespace"), "{shown}");
+        }
+        // The same directives without the space are accepted.
+        assert_eq!(
+            parse("[log]\nlevel = \"info,é=debug\"\n")
+                .unwrap()
+                .log
+                .level,
+            "info,é=debug"
+        );
+        parse("[log]\nlevel = \"info,x0x=debug\"\n").unwrap();
+    }
+
+    #[test]
+    fn validation_errors_name_the_line_that_set_the_key() {
+        for (text, want) in [
+            ("[limits] # connection limits\nmax_connections = 0\n", 2),
+            ("limits = { accept_per_sec = 0 }\n", 1),
+            ("\nlimits.relay_circuits = 0\n", 2),
+            // keepalive_ms is left at its default; the line that made it
+            // invalid is the idle timeout's.
+            ("[transport]\nidle_timeout_ms = 1500\n", 2),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid { line, .. }) => assert_eq!(line, Some(want), "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        // A TOML type error under a commented header names the table plainly.
+        let err = parse("[limits] # connection limits\nmax_connections = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("node.toml:2: in [limits]: "), "{err}");
     }
 
     #[test]

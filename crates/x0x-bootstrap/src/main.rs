@@ -83,6 +83,18 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    // RUST_LOG overrides log.level; it is checked the same way, so a bad one
+    // is a clear error rather than a panic inside tracing-subscriber.
+    if let Some(env) = std::env::var_os("RUST_LOG") {
+        let checked = env
+            .to_str()
+            .ok_or_else(|| format!("{env:?} is not valid UTF-8"))
+            .and_then(x0x_bootstrap::config::check_log_filter);
+        if let Err(e) = checked {
+            eprintln!("x0x-bootstrap: environment variable RUST_LOG (it overrides log.level): {e}");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    }
     init_logging(&config);
     for w in config.warnings() {
         warn!("{w}");
@@ -132,8 +144,12 @@ fn print_peer_id(args: &Args) -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Without regexes, as config.rs validates it (their compilation is exponential).
+    let filters = || tracing_subscriber::EnvFilter::builder().with_regex(false);
+    // Both were checked (check_log_filter) before this point.
+    let filter = filters()
+        .try_from_env()
+        .unwrap_or_else(|_| filters().parse_lossy(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

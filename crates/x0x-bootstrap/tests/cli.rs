@@ -229,3 +229,38 @@ fn check_warns_that_an_unpinned_mesh_is_unpinned() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("unpinned"));
 }
+
+/// RUST_LOG overrides `log.level` and is checked the same way: a directive
+/// with a leading space and a non-ASCII character used to panic inside
+/// tracing-subscriber at startup (exit 101). Now: exit 78 with the reason,
+/// before anything is bound.
+#[test]
+fn a_bad_rust_log_is_a_config_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\n[health]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"\"\n",
+            state.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::bootstrap_bin())
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info, é=debug")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("RUST_LOG"), "{err}");
+    assert!(err.contains("whitespace"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !state.exists(),
+        "a refused start created {}",
+        state.display()
+    );
+}

@@ -171,11 +171,45 @@ async fn a_probe_learns_its_observed_address_and_is_not_admitted() {
     let m = blocking(move || c2.nodes[0].metrics()).await;
     assert!(m.contains("x0x_probes_answered_total 1"), "{m}");
     assert!(m.contains("x0x_agents_connected 0"), "{m}");
-    // A prober that lingers is closed for it.
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), close_code(&conn))
-            .await
-            .expect("closed within hello_timeout_ms"),
-        Some(close::NORMAL)
-    );
+    // A prober that lingers is closed for it (after hello_timeout_ms, 5 s
+    // by default: longer than close_code's own wait, so wait here).
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .expect("closed within hello_timeout_ms");
+    match closed {
+        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, close::NORMAL),
+        other => panic!("closed unexpectedly: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_peer_that_dialed_in_is_named_in_the_status_even_if_our_dial_failed() {
+    // Node 0 is configured with a peer at 127.47.0.2:12000. What sits there
+    // is a client-only endpoint: node 0's own dials to it never complete,
+    // so the only way node 0 can learn its identity is the inbound session.
+    let mut c = Cluster::full_mesh(47, 2, "");
+    c.nodes[0].start();
+    assert!(common::wait_until(Duration::from_secs(10), || c.nodes[0]
+        .health()
+        .is_some()));
+    let peer = RawClient::bind(&format!("{}:12000", common::ip(47, 2)));
+    let conn = peer.dial(c.nodes[0].quic).await.unwrap();
+    let session = common::raw::hello(conn, PeerKind::Node).await;
+    assert!(matches!(session.welcome, Message::Welcome { .. }));
+    // Status is an agent's request: ask from another client, while the
+    // mesh session stays up.
+    let asker = raw_connection(47, &c.nodes[0]).await;
+    let _asking = common::raw::hello(asker.clone(), PeerKind::Agent).await;
+    let Message::StatusReport { status } = common::raw::request(&asker, &Message::Status).await
+    else {
+        panic!("expected a StatusReport");
+    };
+    let link = status
+        .mesh
+        .iter()
+        .find(|l| l.addr == format!("{}:12000", common::ip(47, 2)))
+        .expect("the configured peer is in the status");
+    assert_eq!(link.peer_id, Some(peer.peer_id()), "{link:?}");
+    assert!(link.connected, "{link:?}");
+    drop(session);
 }

@@ -65,13 +65,38 @@ enum Command {
 /// Exit code when no bootstrap node can be reached (`EX_UNAVAILABLE`).
 const EX_UNAVAILABLE: u8 = 69;
 
+/// `RUST_LOG`, or `warn` when it is unset or unusable (said on stderr).
+/// Directives with whitespace around them are refused before
+/// tracing-subscriber sees them: it misreads them, and panics when a
+/// non-ASCII character follows (`info, é=debug`; found by fuzzing
+/// x0x-bootstrap's `log.level`). Field values are literals, not regexes
+/// (compiling those is exponential).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let builder = || tracing_subscriber::EnvFilter::builder().with_regex(false);
+    let fallback = || builder().parse_lossy("warn");
+    let Some(env) = std::env::var_os("RUST_LOG") else {
+        return fallback();
+    };
+    let Some(text) = env.to_str() else {
+        eprintln!("x0x: RUST_LOG is not valid UTF-8; logging at warn");
+        return fallback();
+    };
+    if let Some(d) = text.split(',').find(|d| d.trim().len() != d.len()) {
+        eprintln!(
+            "x0x: RUST_LOG directive {d:?} has whitespace around it (write e.g. \"info,x0x=debug\"); logging at warn"
+        );
+        return fallback();
+    }
+    builder().parse(text).unwrap_or_else(|e| {
+        eprintln!("x0x: RUST_LOG {text:?} is not a valid filter ({e}); logging at warn");
+        fallback()
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

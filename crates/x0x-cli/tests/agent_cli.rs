@@ -219,3 +219,25 @@ fn help_explains_every_command() {
         assert!(text.contains(flag), "{text}");
     }
 }
+
+/// A RUST_LOG directive with a leading space and a non-ASCII character used
+/// to panic inside tracing-subscriber before any command ran. Now it is named
+/// on stderr and the command runs, logging at warn.
+#[test]
+fn a_bad_rust_log_is_named_and_the_command_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("agent.key");
+    let out = Command::new(X0X)
+        .args(["id", "--key", key.to_str().unwrap(), "--json"])
+        .env("RUST_LOG", "info, é=debug")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("RUST_LOG") && err.contains("\" é=debug\"") && err.contains("whitespace"),
+        "{err}"
+    );
+    assert_eq!(json(&out)["peer_id"].as_str().map(str::len), Some(64));
+}

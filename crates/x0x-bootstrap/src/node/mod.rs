@@ -112,6 +112,22 @@ impl Shared {
         lock(&self.mesh_ids).insert(addr.clone(), peer);
     }
 
+    /// A mesh peer that dialed us from a configured address (by IP, not by
+    /// host name) is the peer at that address: remember its identity, as a
+    /// dial would, so the status view names it even if our own dial never
+    /// succeeded (it was down when we tried, then dialed us first).
+    pub fn learn_inbound_mesh_id(&self, peer: PeerId, remote: SocketAddr) {
+        let remote = canonical(remote);
+        for p in &self.config.peers {
+            if let PeerAddr::Socket(a) = p.addr
+                && canonical(a) == remote
+                && p.id.is_none_or(|pin| pin == peer)
+            {
+                self.learn_mesh_id(&p.addr, peer);
+            }
+        }
+    }
+
     pub fn learn_mesh_addrs(&self, addrs: &[SocketAddr], pin: Option<PeerId>) {
         lock(&self.mesh_addrs).extend(addrs.iter().map(|a| (canonical(*a), pin)));
     }

@@ -129,6 +129,7 @@ pub async fn inbound(
             if !shared.is_mesh_member(&peer, conn.remote_address()) {
                 return Err(SessionError::NotMember);
             }
+            shared.learn_inbound_mesh_id(peer, conn.remote_address());
             conn.set_receive_window(VarInt::from_u32(MESH_RECEIVE_WINDOW));
         }
         let observed = shared.reflect(&conn);
