@@ -162,6 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let agent = |node: &Node, host: u8| {
         let mut cfg = NetworkConfig::with_bootstrap_peers(vec![node.quic.into()]);
         cfg.bind = format!("127.77.1.{host}:0").parse().unwrap();
+        cfg.port_mapping = false;
         Agent::builder().network(cfg).build()
     };
     let alice = agent(&nodes[2], 1)?;

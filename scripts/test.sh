@@ -24,6 +24,22 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v tc >/dev/null || need+=(iproute2)
   command -v unshare >/dev/null || need+=(util-linux)
   command -v nix-instantiate >/dev/null || need+=(nix-bin)
+  # The port-mapping tests (tests/netns/portmap.rs) run Debian's miniupnpd
+  # (UPnP IGD, NAT-PMP, PCP) inside a lab router's namespace, with its
+  # iptables backend (its rules go to the legacy tables: iptables-legacy).
+  # Only the daemon's binary package: it has no maintainer scripts, no
+  # debconf questions and no service, so nothing starts on this host or
+  # touches its firewall (the `miniupnpd` package would add a service).
+  # The nftables build conflicts with it: a host that has it keeps it, and
+  # the port-mapping tests then fail saying so.
+  if ! dpkg -s miniupnpd-iptables >/dev/null 2>&1; then
+    if dpkg -s miniupnpd-nftables >/dev/null 2>&1; then
+      echo "miniupnpd-nftables is installed: the port-mapping tests need miniupnpd-iptables and will fail" >&2
+    else
+      need+=(miniupnpd-iptables)
+    fi
+  fi
+  command -v iptables-legacy >/dev/null || need+=(iptables)
   command -v shellcheck >/dev/null || need+=(shellcheck)
   command -v jq >/dev/null || need+=(jq)
   if [ ${#need[@]} -gt 0 ]; then
@@ -32,7 +48,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 else
-  echo "not root or no apt-get: assuming iproute2, iptables and nix-bin are installed"
+  echo "not root or no apt-get: assuming iproute2, iptables, miniupnpd-iptables and nix-bin are installed"
 fi
 # The network-namespace tests need root. They fail rather than pass
 # silently when they cannot run; X0X_SKIP_NETNS=1 skips them on purpose.

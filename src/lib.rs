@@ -37,6 +37,7 @@ mod agent;
 mod error;
 mod network;
 pub mod path;
+mod portmap;
 mod socket;
 
 pub use agent::{
@@ -46,6 +47,7 @@ pub use agent::{
 pub use error::{AgentError, NodeFailure};
 pub use network::{DEFAULT_BOOTSTRAP_PEERS, NetworkConfig};
 pub use path::{PathEvent, PathInfo, PathKind, PathPolicy, PathReason, Transport};
+pub use portmap::{PortMapProtocol, PortMapping};
 /// The QUIC implementation whose types appear in this API ([`quinn::Connection`], streams).
 pub use quinn;
 /// Which addresses an agent may be told to send packets to.

@@ -61,6 +61,18 @@ pub struct NetworkConfig {
     /// `HTTPS_PROXY` / `https_proxy` environment variable
     /// (`http://host:port` or `host:port`).
     pub https_proxy: Option<PeerAddr>,
+    /// Ask the home router to forward a public UDP port to the agent's
+    /// socket (PCP, then NAT-PMP, then UPnP IGD, asking only the default
+    /// gateway), so peers can connect directly even through a NAT that
+    /// gives every destination a new port. Starts with `join_network`, in
+    /// the background; the mapped address becomes one of the agent's
+    /// candidates (vouched for by the nodes), is renewed before it expires
+    /// and is deleted by [`crate::Agent::close`]. Default `true`; `false`
+    /// sends no port-mapping request at all.
+    pub port_mapping: bool,
+    /// Tests: the gateway to ask instead of the default route's.
+    #[cfg(test)]
+    pub(crate) portmap_gateway: Option<crate::portmap::Gateway>,
 }
 
 /// The proxy named by `HTTPS_PROXY` / `https_proxy`, if any and valid.
@@ -111,6 +123,9 @@ impl NetworkConfig {
             udp_attempt: Duration::from_secs(2),
             tcp_relays: Vec::new(),
             https_proxy: proxy_from_env(),
+            port_mapping: true,
+            #[cfg(test)]
+            portmap_gateway: None,
         }
     }
 

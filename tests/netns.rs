@@ -12,6 +12,8 @@
 mod agents;
 #[path = "netns/fleet.rs"]
 mod fleet;
+#[path = "netns/flood.rs"]
+mod flood;
 use x0x_testkit::netns as lab;
 #[path = "netns/mesh.rs"]
 mod mesh;
@@ -21,6 +23,8 @@ mod nat;
 mod nat_model;
 #[path = "netns/paths.rs"]
 mod paths;
+#[path = "netns/portmap.rs"]
+mod portmap;
 #[path = "netns/reach.rs"]
 mod reach;
 #[path = "netns/tcp.rs"]

@@ -222,6 +222,7 @@ async fn maintain(
                 release_claim(&inner, info.peer_id, &key);
                 lock(&inner.status).insert(key.clone(), NodeState::Connected(info.clone()));
                 refresh_candidates(&inner);
+                super::portmap::on_link(&inner, &conn, &info);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(First::Joined(info.clone())).await;
                 }
@@ -453,8 +454,23 @@ async fn vouch_own(inner: &Arc<Inner>, node: PeerId, addr: SocketAddr) {
     if policy::is_local_scope(&addr) || !policy::is_dialable(&addr) {
         return;
     }
-    let conn = lock(&inner.links).get(&node).map(|l| l.conn.clone());
-    let Some(conn) = conn else { return };
+    // The probe can finish before the node's link (the other family's
+    // dial, which claimed the node) has registered and entered `links`:
+    // wait for it rather than lose the vouch.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let conn = loop {
+        let conn = lock(&inner.links).get(&node).map(|l| l.conn.clone());
+        match conn {
+            Some(c) => break c,
+            None if lock(&inner.linking).contains_key(&node) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None => {
+                debug!(%addr, node = %node.short(), "no link to the node: not vouched");
+                return;
+            }
+        }
+    };
     match request(&conn, &Message::Vouch { addr }).await {
         Ok(Message::VouchSent) => {
             {
@@ -484,12 +500,14 @@ async fn register(inner: &Inner, conn: &quinn::Connection, info: &BootstrapLink)
     matches!(request(conn, &msg).await, Ok(Message::Registered { .. }))
 }
 
-/// Tell the socket our candidate addresses: every observed one, then local ones.
-fn refresh_candidates(inner: &Inner) {
+/// Tell the socket our candidate addresses: every observed one, the port
+/// the router maps for us, then local ones.
+pub(super) fn refresh_candidates(inner: &Inner) {
     let mut own: Vec<SocketAddr> = lock(&inner.links)
         .values()
         .filter_map(|l| l.info.observed)
         .collect();
+    own.extend(super::portmap::candidate(inner));
     own.extend(local_candidates(inner));
     own.extend(lock(&inner.own_extra).iter().copied());
     own.dedup();

@@ -17,6 +17,7 @@ mod connect;
 mod links;
 mod paths;
 mod peer;
+mod portmap;
 mod requests;
 mod tcp;
 
@@ -258,6 +259,7 @@ impl AgentBuilder {
             cancel: cancel.clone(),
             connections_direct: AtomicU64::new(0),
             connections_relayed: AtomicU64::new(0),
+            portmap: portmap::PortMap::new(&cancel),
         });
         tokio::spawn(connect::accept_loop(inner.clone()));
         tokio::spawn(paths::maintain(inner.clone()));
@@ -320,6 +322,7 @@ pub(crate) struct Inner {
     pub leaving: CancellationToken,
     pub connections_direct: AtomicU64,
     pub connections_relayed: AtomicU64,
+    pub portmap: portmap::PortMap,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -391,7 +394,21 @@ impl Agent {
     /// Nodes not joined yet keep being tried in the background; see
     /// [`Agent::bootstrap_status`]. Fails only if no node was reached.
     pub async fn join_network(&self) -> Result<JoinReport, AgentError> {
+        portmap::start(&self.inner);
         links::join(&self.inner).await
+    }
+
+    /// The port the router forwards to this agent now (PCP, NAT-PMP or
+    /// UPnP; see [`NetworkConfig::port_mapping`]), if any.
+    pub fn port_mapping(&self) -> Option<crate::PortMapping> {
+        portmap::mapping(&self.inner)
+    }
+
+    /// Wait until the first port-mapping probe after `join_network` has
+    /// finished (it takes at most about 2 s), then [`Agent::port_mapping`].
+    /// `None` at once if port mapping is off or the agent has not joined.
+    pub async fn port_mapping_ready(&self) -> Option<crate::PortMapping> {
+        portmap::ready(&self.inner).await
     }
 
     /// Bootstrap nodes connected now.
@@ -497,14 +514,16 @@ impl Agent {
         }
     }
 
-    /// Close every connection and stop all background work. Waits (at
-    /// most 2 s) for the close to reach the peers.
+    /// Close every connection, delete the router's port mapping and stop
+    /// all background work. Waits (at most 2 s) for the close to reach
+    /// the peers.
     pub async fn close(&self) {
         // Close first, so close frames still travel (relayed ones too);
         // then stop the background tasks.
         self.inner.leaving.cancel();
         self.inner.endpoint.close(close::NORMAL, b"agent closing");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        let idle = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle());
+        let _ = tokio::join!(idle, portmap::stop(&self.inner));
         self.inner.cancel.cancel();
     }
 }

@@ -76,6 +76,18 @@ pub fn peer_id(lab: &Lab, host: &Host, name: &str) -> String {
 /// Start `x0x listen` on `host` bound to `host.addr:port`, wait for its
 /// `ready` line.
 pub fn listen(lab: &mut Lab, host: &Host, name: &str, port: u16, nodes: &[&Node]) -> Listener {
+    listen_with(lab, host, name, port, nodes, &[])
+}
+
+/// [`listen`] with extra arguments (e.g. `--no-port-mapping`).
+pub fn listen_with(
+    lab: &mut Lab,
+    host: &Host,
+    name: &str,
+    port: u16,
+    nodes: &[&Node],
+    extra: &[&str],
+) -> Listener {
     let mut args = vec!["listen".to_string()];
     args.extend(bootstrap_args(nodes));
     args.extend([
@@ -85,6 +97,7 @@ pub fn listen(lab: &mut Lab, host: &Host, name: &str, port: u16, nodes: &[&Node]
         format!("{}:{port}", host.addr),
         "--json".to_string(),
     ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let proc = lab.spawn(
         &host.ns,

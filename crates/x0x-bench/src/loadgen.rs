@@ -213,6 +213,7 @@ async fn join(a: JoinArgs) -> Res<()> {
         let mut net = x0x::NetworkConfig::with_bootstrap_peers(peers);
         net.bind = SocketAddr::new(a.bind, 0);
         net.join_timeout = Duration::from_secs(10);
+        net.port_mapping = false;
         let agent = x0x::Agent::builder().network(net).build()?;
         let t0 = Instant::now();
         let joined = agent.join_network().await;

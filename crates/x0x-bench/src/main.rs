@@ -1032,7 +1032,7 @@ async fn handshakes(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
 async fn transfers(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
     // Relay limits raised far above what loopback can carry, so the
     // figure is the relay's forwarding capacity, not its rate limiter.
-    let limits = "[limits]\nrelay_peer_bytes_per_sec = 100000000000\nrelay_dest_bytes_per_sec = 100000000000\nrelay_global_bytes_per_sec = 100000000000\n";
+    let limits = "[limits]\nrelay_peer_bytes_per_sec = 100000000000\nrelay_dest_bytes_per_sec = 100000000000\nrelay_ip_bytes_per_sec = 100000000000\nrelay_global_bytes_per_sec = 100000000000\n";
     let mut node = single_node(ctx, "transfer", 206, limits).await?;
     let pid = node.pid()?;
     let bytes = ctx.plan.transfer_mib * 1024 * 1024;

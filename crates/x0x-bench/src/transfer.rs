@@ -80,6 +80,7 @@ pub async fn run(a: TransferArgs) -> Res<()> {
     let agent = |ip: IpAddr| {
         let mut net = x0x::NetworkConfig::with_bootstrap_peers(vec![a.node.into()]);
         net.bind = SocketAddr::new(ip, 0);
+        net.port_mapping = false;
         x0x::Agent::builder().network(net).build()
     };
     let (sender, receiver) = (Arc::new(agent(a.bind[0])?), Arc::new(agent(a.bind[1])?));

@@ -50,6 +50,18 @@ impl Bucket {
     pub fn charge(&mut self, cost: f64) {
         self.tokens -= cost;
     }
+
+    /// Fill the bucket to its burst.
+    pub fn fill(&mut self) {
+        self.tokens = self.rate;
+    }
+
+    /// Change the rate (and so the burst); tokens above the new burst go.
+    pub fn set_rate(&mut self, rate: f64, now: Instant) {
+        self.refill(now);
+        self.rate = rate;
+        self.tokens = self.tokens.min(rate);
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +81,10 @@ mod tests {
         assert!(b.is_full(t1 + Duration::from_secs(10)));
         assert!(b.has(100.0, t1 + Duration::from_secs(10)));
         assert!(!b.has(101.0, t1 + Duration::from_secs(10)));
+        let t2 = t1 + Duration::from_secs(10);
+        b.set_rate(10.0, t2);
+        assert!(!b.has(11.0, t2));
+        assert!(b.take(10.0, t2));
+        assert!(b.take(5.0, t2 + Duration::from_millis(500)));
     }
 }

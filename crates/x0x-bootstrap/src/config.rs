@@ -254,8 +254,14 @@ pub struct Limits {
     pub relay_datagram_bytes: usize,
     /// Relay bandwidth one agent may send (token bucket, 1 s burst).
     pub relay_peer_bytes_per_sec: u64,
-    /// Relay bandwidth one agent may receive.
+    /// Relay bandwidth one agent may receive. It is shared among the
+    /// circuits reaching the agent in proportion to what the agent sends
+    /// back on each, so circuits it does not answer cannot crowd out the
+    /// ones it uses.
     pub relay_dest_bytes_per_sec: u64,
+    /// Relay bandwidth all agents sending from one IPv4 address or IPv6
+    /// /64 may use together.
+    pub relay_ip_bytes_per_sec: u64,
     /// Relay bandwidth for all agents together.
     pub relay_global_bytes_per_sec: u64,
     /// Every relayed packet is charged at least this many bytes.
@@ -294,6 +300,7 @@ impl Default for Limits {
             relay_datagram_bytes: 1_500,
             relay_peer_bytes_per_sec: 1024 * 1024,
             relay_dest_bytes_per_sec: 2 * 1024 * 1024,
+            relay_ip_bytes_per_sec: 8 * 1024 * 1024,
             relay_global_bytes_per_sec: 128 * 1024 * 1024,
             relay_min_charge_bytes: 128,
             relay_circuits_per_peer: 32,
@@ -468,6 +475,7 @@ impl Config {
         for (key, value) in [
             ("relay_peer_bytes_per_sec", l.relay_peer_bytes_per_sec),
             ("relay_dest_bytes_per_sec", l.relay_dest_bytes_per_sec),
+            ("relay_ip_bytes_per_sec", l.relay_ip_bytes_per_sec),
             ("relay_global_bytes_per_sec", l.relay_global_bytes_per_sec),
         ] {
             if value == 0 {

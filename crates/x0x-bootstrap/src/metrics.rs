@@ -135,6 +135,7 @@ const REASONS: &[(&str, &[&str])] = &[
             "no_circuit",
             "spoofed",
             "peer_rate",
+            "ip_rate",
             "dest_rate",
             "global_rate",
             "disabled",
@@ -180,6 +181,19 @@ const REASONS: &[(&str, &[&str])] = &[
     (
         "relay_circuits_closed",
         &["idle", "lifetime", "bytes", "peer_left"],
+    ),
+    (
+        "tcp_rejected",
+        &[
+            "max_connections",
+            "connections_per_ip",
+            "max_handshakes",
+            "hello_timeout_ms",
+            "handshake",
+            "idle_timeout_ms",
+            "too_large",
+            "queue_full",
+        ],
     ),
 ];
 

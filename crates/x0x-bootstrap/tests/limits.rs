@@ -95,6 +95,7 @@ fn limits_are_on_by_default_and_shown_by_check() {
     for key in [
         "relay_peer_bytes_per_sec",
         "relay_dest_bytes_per_sec",
+        "relay_ip_bytes_per_sec = 8388608",
         "relay_global_bytes_per_sec",
         "relay_min_charge_bytes = 128",
         "relay_circuits_per_peer = 32",

@@ -38,6 +38,9 @@ pub struct NetArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Do not ask the router to forward a port (PCP, NAT-PMP, UPnP).
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }
 
 pub fn identity(key: &KeyArgs) -> Result<Identity, AgentError> {
@@ -76,6 +79,7 @@ pub async fn join(net: &NetArgs) -> Result<(Agent, JoinReport), AgentError> {
     cfg.bind = net.bind;
     cfg.tcp_relays = net.bootstrap_tcp.clone();
     cfg.join_timeout = Duration::from_millis(net.join_timeout_ms);
+    cfg.port_mapping = !net.no_port_mapping;
     progress(
         net,
         &format!(

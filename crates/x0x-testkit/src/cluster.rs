@@ -318,6 +318,8 @@ pub fn agent_network(net: u8, host: u8, nodes: &[&NodeProc]) -> x0x::NetworkConf
     cfg.join_grace = Duration::from_millis(200);
     cfg.bind = format!("127.{net}.1.{host}:0").parse().unwrap();
     cfg.join_timeout = Duration::from_secs(10);
+    // Never ask a router of the machine running the tests for a port.
+    cfg.port_mapping = false;
     cfg
 }
 

@@ -553,7 +553,8 @@ async fn accept_loop(shared: Arc<Shared>, tasks: TaskTracker) {
     }
 }
 
-/// Close spent relay circuits and stale vouches, once a second.
+/// Close spent relay circuits and stale vouches, and share relay receive
+/// budgets among circuits, once a second.
 async fn expire_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -581,6 +582,7 @@ async fn expire_loop(shared: Arc<Shared>) {
                 },
             );
         }
+        shared.relay.rebalance(now);
         shared.vouches.expire(now);
     }
 }

@@ -49,7 +49,13 @@ pub fn new_wins(me: PeerId, peer: PeerId, old: (u64, PeerId), new: (u64, PeerId)
 #[derive(Debug)]
 pub enum Admission {
     /// Kept; `replaced` is the connection it displaced, to be closed.
-    Accepted { replaced: Option<quinn::Connection> },
+    /// `simultaneous`: both sides dialed and the peer has not restarted,
+    /// so the peer may still be using the displaced one until it admits
+    /// the new one too.
+    Accepted {
+        replaced: Option<quinn::Connection>,
+        simultaneous: bool,
+    },
     /// The existing connection wins; close the new one.
     Duplicate,
 }
@@ -92,9 +98,15 @@ impl Registry {
                 {
                     return Admission::Duplicate;
                 }
-                _ => Admission::Accepted {
-                    replaced: map.insert(peer, entry).map(|old| old.conn),
-                },
+                old => {
+                    let simultaneous = old.is_some_and(|o| {
+                        o.incarnation == entry.incarnation && o.dialer != entry.dialer
+                    });
+                    Admission::Accepted {
+                        replaced: map.insert(peer, entry).map(|old| old.conn),
+                        simultaneous,
+                    }
+                }
             }
         };
         self.bump();

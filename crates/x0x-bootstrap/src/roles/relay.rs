@@ -14,9 +14,22 @@
 //! by [`Relay::route`] without QUIC termination: the source must be the
 //! address the end's agent is connected from (its QUIC connection proved
 //! it), every packet is charged at least `relay_min_charge_bytes` against
-//! the sender's bucket, the receiver's bucket and the global bucket, and the
-//! circuit's byte allowance. Circuits that exist are never evicted by new
-//! ones.
+//! the sender's bucket, its source address's bucket (all agents behind one
+//! IPv4 address or IPv6 /64), the receiver's bucket and the global bucket,
+//! and the circuit's byte allowance. Circuits that exist are never evicted
+//! by new ones.
+//!
+//! **Fairness.** Identities are free, so per-agent buckets alone do not
+//! protect anyone: a thousand made-up agents each within its own limits
+//! would fill the global budget (the per-address bucket stops that) or a
+//! victim's receive budget (anyone may open a circuit to an agent that
+//! consented to relaying). So an agent's receive budget is shared among
+//! the circuits reaching it in proportion to what the agent itself sent
+//! back on each in the last second ([`Relay::rebalance`], on the timer):
+//! the circuits it uses (its QUIC connection acknowledges what arrives)
+//! keep almost all of it, circuits it never answers share the rest. A
+//! circuit the agent has not answered yet (a new connection's handshake)
+//! starts with an equal share of one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +51,7 @@ pub enum Drop {
     NoCircuit,
     Spoofed,
     PeerRate,
+    IpRate,
     DestRate,
     GlobalRate,
 }
@@ -49,6 +63,7 @@ impl Drop {
             Self::NoCircuit => "no_circuit",
             Self::Spoofed => "spoofed",
             Self::PeerRate => "peer_rate",
+            Self::IpRate => "ip_rate",
             Self::DestRate => "dest_rate",
             Self::GlobalRate => "global_rate",
         }
@@ -99,6 +114,14 @@ pub struct Route {
     pub cid: u64,
 }
 
+/// The relay budget of one source address (IPv4 address or IPv6 /64),
+/// shared by every agent sending from it.
+#[derive(Debug)]
+struct IpBudget {
+    key: IpKey,
+    bucket: Mutex<Bucket>,
+}
+
 /// An agent as the relay knows it.
 #[derive(Debug)]
 struct Lane {
@@ -109,6 +132,11 @@ struct Lane {
     accepts: bool,
     out: Mutex<Bucket>,
     inbound: Mutex<Bucket>,
+    /// The budget of the address the agent sends from.
+    ip: Mutex<Arc<IpBudget>>,
+    /// The weights of the circuit ends reaching this agent, summed at the
+    /// last rebalance (a new end's share is one such weight).
+    weights: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -130,6 +158,11 @@ struct End {
     other: Arc<Lane>,
     other_cid: u64,
     circuit: Arc<Circuit>,
+    /// Packets forwarded from this end since the last rebalance: the
+    /// weight of the other direction in its destination's budget.
+    sent: AtomicU64,
+    /// This direction's share of the destination's receive budget.
+    share: Mutex<Bucket>,
 }
 
 #[derive(Debug, Default)]
@@ -181,6 +214,21 @@ fn bump<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, up: bool) {
     }
 }
 
+/// How much more one packet the receiver sent back on a circuit weighs
+/// than a circuit it never answered, when its receive budget is shared.
+/// An answer in the last second is what tells a circuit the receiver uses
+/// (its QUIC connection acknowledges what arrives) from one it does not;
+/// the only answers a flood gets are the stateless resets a QUIC endpoint
+/// sends (quinn: at most 50 a second), so they weigh little against a
+/// connection's acknowledgements.
+const ANSWER_WEIGHT: u64 = 16;
+
+/// The least share of a receiver's budget a circuit gets: two of the
+/// largest packets a second (a new connection's handshake gets through).
+fn share_floor(l: &Limits) -> f64 {
+    2.0 * l.relay_datagram_bytes as f64
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Relay {
@@ -188,6 +236,8 @@ pub struct Relay {
     started: Instant,
     table: RwLock<Table>,
     global: Mutex<Bucket>,
+    /// Source-address budgets in use (pruned on the timer).
+    ips: Mutex<HashMap<IpKey, Arc<IpBudget>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,7 +252,36 @@ impl Relay {
             started: now,
             table: RwLock::new(Table::default()),
             global: Mutex::new(Bucket::new(limits.relay_global_bytes_per_sec, now)),
+            ips: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The budget of source address `key`, shared by every agent there.
+    fn ip_budget(&self, key: IpKey) -> Arc<IpBudget> {
+        lock(&self.ips)
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(IpBudget {
+                    key,
+                    bucket: Mutex::new(Bucket::new(
+                        self.limits.relay_ip_bytes_per_sec,
+                        Instant::now(),
+                    )),
+                })
+            })
+            .clone()
+    }
+
+    /// A new circuit end's share of `dest`'s receive budget: one weight
+    /// among those reaching it, at least one packet a second.
+    fn new_share(&self, dest: &Lane, now: Instant) -> Mutex<Bucket> {
+        let l = &self.limits;
+        let others = dest.weights.load(Ordering::Relaxed);
+        let rate = (l.relay_dest_bytes_per_sec as f64 / (others + 1) as f64).max(share_floor(l));
+        let mut b = Bucket::new(0, now);
+        b.set_rate(rate, now);
+        b.fill();
+        Mutex::new(b)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
@@ -243,6 +322,8 @@ impl Relay {
             accepts,
             out: Mutex::new(Bucket::new(self.limits.relay_peer_bytes_per_sec, now)),
             inbound: Mutex::new(Bucket::new(self.limits.relay_dest_bytes_per_sec, now)),
+            ip: Mutex::new(self.ip_budget(IpKey::of(&addr))),
+            weights: AtomicU64::new(0),
         });
         let mut t = self.write();
         match t.lanes.get(&agent) {
@@ -295,6 +376,11 @@ impl Relay {
             }
         };
         let (a, b) = (fresh(), fresh());
+        let now = Instant::now();
+        let (to_target, to_opener) = (
+            self.new_share(&target_lane, now),
+            self.new_share(&opener_lane, now),
+        );
         let circuit = Arc::new(Circuit {
             opener,
             target,
@@ -310,6 +396,8 @@ impl Relay {
                 other: target_lane.clone(),
                 other_cid: b,
                 circuit: circuit.clone(),
+                sent: AtomicU64::new(0),
+                share: to_target,
             },
         );
         t.ends.insert(
@@ -319,6 +407,8 @@ impl Relay {
                 other: opener_lane,
                 other_cid: a,
                 circuit,
+                sent: AtomicU64::new(0),
+                share: to_opener,
             },
         );
         t.by_pair.insert((opener, target), (a, b));
@@ -346,10 +436,29 @@ impl Relay {
             return Err(Drop::Spoofed);
         }
         let cost = (bytes as u64).max(packets as u64 * l.relay_min_charge_bytes) as f64;
+        let ip = {
+            let mut ip = lock(&end.lane.ip);
+            let key = IpKey::of(&from);
+            if ip.key != key {
+                // The agent's connection moved to another address.
+                *ip = self.ip_budget(key);
+            }
+            ip.clone()
+        };
         {
+            // Always in this order: sender, its address, this circuit's
+            // share, receiver, global (no two threads wait on each other).
             let mut out = lock(&end.lane.out);
             if !out.has(cost, now) {
                 return Err(Drop::PeerRate);
+            }
+            let mut from_ip = lock(&ip.bucket);
+            if !from_ip.has(cost, now) {
+                return Err(Drop::IpRate);
+            }
+            let mut share = lock(&end.share);
+            if !share.has(cost, now) {
+                return Err(Drop::DestRate);
             }
             let mut inbound = lock(&end.other.inbound);
             if !inbound.has(cost, now) {
@@ -359,14 +468,50 @@ impl Relay {
                 return Err(Drop::GlobalRate);
             }
             out.charge(cost);
+            from_ip.charge(cost);
+            share.charge(cost);
             inbound.charge(cost);
         }
+        end.sent.fetch_add(packets as u64, Ordering::Relaxed);
         end.circuit.last.store(self.now_ms(now), Ordering::Relaxed);
         end.circuit.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(Route {
             to: end.other.current(),
             cid: end.other_cid,
         })
+    }
+
+    /// Share each agent's receive budget among the circuits reaching it,
+    /// in proportion to the packets the agent sent back on each since the
+    /// last call (plus one, so a circuit it has not answered yet still
+    /// gets a little), and forget source addresses no agent uses. Called
+    /// once a second.
+    pub fn rebalance(&self, now: Instant) {
+        let l = &self.limits;
+        let t = self.read();
+        let sent: HashMap<u64, u64> = t
+            .ends
+            .iter()
+            .map(|(cid, e)| (*cid, e.sent.swap(0, Ordering::Relaxed)))
+            .collect();
+        // Weight of each direction: what its destination sent the other way.
+        let weight = |e: &End| 1 + ANSWER_WEIGHT * sent.get(&e.other_cid).copied().unwrap_or(0);
+        let mut totals: HashMap<*const Lane, u64> = HashMap::new();
+        for e in t.ends.values() {
+            *totals.entry(Arc::as_ptr(&e.other)).or_default() += weight(e);
+        }
+        let floor = share_floor(l);
+        for e in t.ends.values() {
+            let total = totals[&Arc::as_ptr(&e.other)];
+            let rate = l.relay_dest_bytes_per_sec as f64 * weight(e) as f64 / total as f64;
+            lock(&e.share).set_rate(rate.max(floor), now);
+        }
+        for lane in t.lanes.values() {
+            let total = totals.get(&Arc::as_ptr(lane)).copied().unwrap_or(0);
+            lane.weights.store(total, Ordering::Relaxed);
+        }
+        drop(t);
+        lock(&self.ips).retain(|_, b| Arc::strong_count(b) > 1);
     }
 
     /// Close every circuit that is idle, too old or over its byte
@@ -589,6 +734,74 @@ mod tests {
         // Refilled after a second.
         let later = now + Duration::from_secs(1);
         assert!(r.route(addr(2), b, 1, 2_000, later).is_ok());
+    }
+
+    #[test]
+    fn agents_behind_one_address_share_its_budget() {
+        let r = relay(|l| l.relay_ip_bytes_per_sec = 5_000);
+        let now = Instant::now();
+        // Three identities on one address (ports differ), each within its own limit.
+        let ip = |port: u16| SocketAddr::from(([192, 0, 2, 7], port));
+        for n in 40..43 {
+            r.register(id(n), ip(1000 + n as u16), true);
+        }
+        let cids: Vec<u64> = (40..43)
+            .map(|n| r.open(id(n), id(n - 39)).unwrap().0)
+            .collect();
+        assert!(r.route(ip(1040), cids[0], 1, 2_000, now).is_ok());
+        assert!(r.route(ip(1041), cids[1], 1, 2_000, now).is_ok());
+        assert_eq!(r.route(ip(1042), cids[2], 1, 2_000, now), Err(Drop::IpRate));
+        // Another address is unaffected.
+        let (other, _) = r.open(id(10), id(11)).unwrap();
+        assert!(r.route(addr(10), other, 1, 2_000, now).is_ok());
+        // Budgets of addresses no agent uses any more are forgotten.
+        for n in 40..43 {
+            r.forget(&id(n));
+        }
+        r.rebalance(now);
+        assert_eq!(lock(&r.ips).len(), 20);
+    }
+
+    #[test]
+    fn a_receivers_budget_goes_to_the_circuits_it_answers() {
+        // Receiver 9 gets 100 KB/s; a jammer (1) and a peer it talks to (2)
+        // both send to it.
+        let r = relay(|l| {
+            l.relay_dest_bytes_per_sec = 100_000;
+            l.relay_peer_bytes_per_sec = 1_000_000;
+        });
+        let t0 = Instant::now();
+        let (jam, _) = r.open(id(1), id(9)).unwrap();
+        let (peer, back) = r.open(id(2), id(9)).unwrap();
+        // Before the timer has seen anything, both get an equal share.
+        let mut sent = [0usize; 2];
+        for i in 0..100 {
+            for (k, cid) in [jam, peer].into_iter().enumerate() {
+                if r.route(addr(k as u8 + 1), cid, 1, 1_000, t0).is_ok() {
+                    sent[k] += 1;
+                }
+            }
+            if i % 2 == 0 {
+                // The receiver acknowledges what the peer sends.
+                let _ = r.route(addr(9), back, 1, 50, t0);
+            }
+        }
+        assert!(sent[0] >= 45 && sent[1] >= 45, "{sent:?}");
+        r.rebalance(t0);
+        // One second later: the jammer floods, the peer sends what it needs.
+        let t1 = t0 + Duration::from_secs(1);
+        let (mut jam_ok, mut peer_ok) = (0, 0);
+        for _ in 0..100 {
+            jam_ok += usize::from(r.route(addr(1), jam, 1, 1_000, t1).is_ok());
+        }
+        for _ in 0..80 {
+            peer_ok += usize::from(r.route(addr(2), peer, 1, 1_000, t1).is_ok());
+        }
+        assert_eq!(peer_ok, 80, "the answered circuit keeps its share");
+        assert!(
+            jam_ok <= 5,
+            "the unanswered circuit got {jam_ok} packets through"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! two), `hairpin` (a packet to our own public address came back: bool, or
 //! null without a public address), `preferred_relay` (the node with the
 //! lowest RTT), `nodes` (per node: addr, peer_id, observed, rtt_ms,
-//! transport) and `unreachable`.
+//! transport), `unreachable` and `portmap` (the router's port mapping the
+//! agent got: `pcp`, `natpmp`, `upnp` or `none`).
 
 use std::net::SocketAddr;
 
@@ -47,6 +48,10 @@ pub async fn run(net: NetArgs) -> Result<(), AgentError> {
         .map(|f| f.to_string())
         .chain(report.pending.iter().map(|p| format!("{p}: no answer yet")))
         .collect();
+    // The router's port mapping: the probe started with the join and
+    // takes at most about 2 s.
+    let portmap = agent.port_mapping_ready().await;
+    let portmap_kind = portmap.as_ref().map_or("none", |m| m.protocol.as_str());
     if net.json {
         let nodes: Vec<_> = report
             .connected
@@ -66,6 +71,7 @@ pub async fn run(net: NetArgs) -> Result<(), AgentError> {
                 "preferred_relay": preferred.map(|l| json!({"peer_id": l.peer_id.to_string(), "addr": l.addr, "rtt_ms": ms(l.rtt)})),
                 "nodes": nodes,
                 "unreachable": unreachable,
+                "portmap": portmap_kind,
             })
         );
     } else {
@@ -111,6 +117,20 @@ pub async fn run(net: NetArgs) -> Result<(), AgentError> {
                 None => "unknown (no public address)",
             }
         );
+        match &portmap {
+            Some(m) => println!(
+                "port mapping:   {portmap_kind} (the router forwards {} to this agent: peers can connect directly)",
+                m.external
+            ),
+            None => println!(
+                "port mapping:   none (no PCP, NAT-PMP or UPnP answer from the router{})",
+                if net.no_port_mapping {
+                    "; --no-port-mapping"
+                } else {
+                    ""
+                }
+            ),
+        }
         if let Some(l) = preferred {
             println!(
                 "preferred relay: {} at {} (rtt {:.1} ms)",

@@ -26,6 +26,9 @@ const MIGRATION_CHECK: Duration = Duration::from_secs(1);
 
 /// Frames queued for one mesh peer besides coalesced directory changes.
 const MESH_QUEUE: usize = 4096;
+/// How long the losing connection of a simultaneous open stays open, so
+/// the peer has admitted the winner before it sees the loser close.
+const SIMULTANEOUS_GRACE: Duration = Duration::from_secs(2);
 
 /// Flow-control windows a connection gets once it proved to be a mesh peer.
 const MESH_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
@@ -48,7 +51,13 @@ pub(crate) enum SessionError {
 }
 
 impl SessionError {
+    /// Close `conn` for this error and count it, unless the connection is
+    /// already closed (then this error is a consequence, not a cause: the
+    /// other streams of a connection closed for a stalled frame fail too).
     pub(crate) fn close(&self, shared: &Shared, conn: &quinn::Connection) {
+        if conn.close_reason().is_some() {
+            return;
+        }
         let (code, label) = match self {
             Self::Wire(e) => (e.close_code(), e.label()),
             Self::Unexpected(_) => (close::PROTOCOL, "unexpected"),
@@ -244,15 +253,38 @@ async fn serve(
     };
     match shared.registry.admit(peer, entry) {
         Admission::Duplicate => {
+            // Simultaneous open: the peer may have admitted this one and
+            // not yet the other; closing it now would take its link down
+            // for a moment. Keep it (and its streams) open for a grace
+            // period: the peer replaces it itself once it has both.
             shared.metrics.reject_connection("duplicate");
-            debug!(peer = %peer.short(), "duplicate connection closed");
-            conn.close(close::DUPLICATE, b"duplicate connection");
+            debug!(peer = %peer.short(), "duplicate connection: closing after the grace period");
+            tokio::spawn(async move {
+                let _streams = (send, recv);
+                tokio::select! {
+                    _ = tokio::time::sleep(SIMULTANEOUS_GRACE) => {}
+                    _ = conn.closed() => {}
+                }
+                conn.close(close::DUPLICATE, b"duplicate connection");
+            });
             return;
         }
         Admission::Accepted {
             replaced: Some(old),
+            simultaneous,
         } if old.stable_id() != conn.stable_id() => {
-            old.close(close::REPLACED, b"replaced by a newer connection");
+            if simultaneous {
+                // As for a duplicate: the peer may still use the old one.
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(SIMULTANEOUS_GRACE) => {}
+                        _ = old.closed() => {}
+                    }
+                    old.close(close::REPLACED, b"replaced by a newer connection");
+                });
+            } else {
+                old.close(close::REPLACED, b"replaced by a newer connection");
+            }
         }
         Admission::Accepted { .. } => {}
     }

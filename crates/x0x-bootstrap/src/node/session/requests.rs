@@ -12,7 +12,7 @@ use x0x_proto::addr::canonical;
 use x0x_proto::identity::PeerId;
 use x0x_proto::policy;
 use x0x_proto::relay::encode_vouch;
-use x0x_proto::wire::{self, AgentRecord, MAX_ADDRS, Message, ReadLimits, Refusal};
+use x0x_proto::wire::{self, AgentRecord, MAX_ADDRS, Message, ReadLimits, Refusal, WireError};
 
 use super::{SessionError, Shared, read_message};
 use crate::bucket::Bucket;
@@ -73,7 +73,12 @@ async fn answer(
     mut recv: RecvStream,
 ) -> Result<(), SessionError> {
     let within = ReadLimits::REQUEST.complete_within;
-    let msg = read_message(&mut recv, &ReadLimits::REQUEST, within).await?;
+    // A request that does not arrive in time is a stalled frame (the
+    // stream is opened for it), whether or not its first byte came.
+    let msg = match read_message(&mut recv, &ReadLimits::REQUEST, within).await {
+        Err(SessionError::Timeout) => Err(SessionError::Wire(WireError::Stalled(within))),
+        r => r,
+    }?;
     let reply = match msg {
         Message::Status => {
             shared.metrics.status_requests.inc();
