@@ -123,7 +123,7 @@ fn the_fleet_under_wan_delays_forms_notices_a_death_heals_and_reports() {
         wan.nodes[victim].name,
         detect.as_millis()
     ));
-    // The mesh idle timeout (2.5 s) plus one keep-alive (0.5 s) is the
+    // The mesh idle timeout (2 s) plus one keep-alive (0.5 s) is the
     // design figure; a loaded test machine gets some slack.
     assert!(
         detect <= Duration::from_secs(6),

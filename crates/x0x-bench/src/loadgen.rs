@@ -22,7 +22,7 @@ use crate::Res;
 
 #[derive(Debug, Subcommand)]
 pub enum LoadCmd {
-    /// `Agent::join_network` against one node, one join after another.
+    /// `Agent::join_network` against one or more nodes, one join after another.
     Join(JoinArgs),
     /// Hold many lean agents (one identity and connection each) connected.
     Hold(HoldArgs),
@@ -34,8 +34,9 @@ pub enum LoadCmd {
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    #[arg(long)]
-    node: SocketAddr,
+    /// The bootstrap nodes each agent is given (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    node: Vec<SocketAddr>,
     /// Local address the agents bind (loopback).
     #[arg(long)]
     bind: IpAddr,
@@ -208,7 +209,8 @@ async fn join(a: JoinArgs) -> Res<()> {
         if Instant::now() >= deadline {
             break;
         }
-        let mut net = x0x::NetworkConfig::with_bootstrap_peers(vec![a.node.into()]);
+        let peers = a.node.iter().map(|n| (*n).into()).collect();
+        let mut net = x0x::NetworkConfig::with_bootstrap_peers(peers);
         net.bind = SocketAddr::new(a.bind, 0);
         net.join_timeout = Duration::from_secs(10);
         net.port_mapping = false;

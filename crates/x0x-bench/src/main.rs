@@ -14,6 +14,7 @@
 //! cannot run at all. See docs/BENCHMARKS.md.
 
 mod loadgen;
+mod paths;
 mod procs;
 mod transfer;
 mod wan;
@@ -290,14 +291,24 @@ async fn bench(cli: Cli) -> Res<()> {
     if let Some(n) = cli.handshake_concurrency {
         plan.handshake_concurrency = n;
     }
-    let all = ["mesh", "join", "agents", "handshake", "transfer", "wan"];
+    let all = [
+        "mesh",
+        "join",
+        "agents",
+        "handshake",
+        "transfer",
+        "wan",
+        "paths",
+    ];
     for s in &cli.only {
         if !all.contains(&s.as_str()) {
             return Err(format!("unknown scenario {s:?} (known: {})", all.join(", ")).into());
         }
     }
-    // `wan` needs root and network namespaces: only when asked for.
-    let wanted = |s: &str| (cli.only.is_empty() && s != "wan") || cli.only.iter().any(|o| o == s);
+    // `wan` and `paths` need root and network namespaces: only when asked for.
+    let wanted = |s: &str| {
+        (cli.only.is_empty() && s != "wan" && s != "paths") || cli.only.iter().any(|o| o == s)
+    };
     let ctx = Ctx {
         node_bin: node_binary(&cli)?,
         dir: tempfile::Builder::new().prefix("x0x-bench").tempdir()?,
@@ -356,6 +367,10 @@ async fn bench(cli: Cli) -> Res<()> {
         step("joins", &started);
         joins(&ctx, &mut figs).await?;
     }
+    if wanted("join") {
+        step("joins through six nodes, one down", &started);
+        joins_one_down(&ctx, &mut figs).await?;
+    }
     if wanted("agents") {
         step("concurrent agents", &started);
         agents(&ctx, &mut figs).await?;
@@ -381,16 +396,27 @@ async fn bench(cli: Cli) -> Res<()> {
             wan::run(&plan, &node_bin, &rt).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| match e.try_into_panic() {
-            Ok(p) => format!(
-                "the WAN lab failed: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("panic")
-            ),
-            Err(e) => format!("the WAN lab failed: {e}"),
-        })??;
+        .map_err(|e| lab_failure("the WAN lab", e))??;
+        for (key, value, unit, note) in rows {
+            figs.add(&key, value, unit, note);
+        }
+    }
+    if wanted("paths") {
+        step(
+            "path upgrade and relayed connect (network namespaces)",
+            &started,
+        );
+        let plan = if cli.full {
+            paths::PathsPlan::full()
+        } else {
+            paths::PathsPlan::quick()
+        };
+        let node_bin = ctx.node_bin.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            paths::run(&plan, &node_bin).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| lab_failure("the paths lab", e))??;
         for (key, value, unit, note) in rows {
             figs.add(&key, value, unit, note);
         }
@@ -414,6 +440,20 @@ async fn bench(cli: Cli) -> Res<()> {
         println!("figures written to {}", path.display());
     }
     Ok(())
+}
+
+/// A lab that panicked (the testkit's labs panic on a failed setup step).
+fn lab_failure(what: &str, e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => format!(
+            "{what} failed: {}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("panic")
+        ),
+        Err(e) => format!("{what} failed: {e}"),
+    }
 }
 
 fn step(what: &str, started: &Instant) {
@@ -630,7 +670,7 @@ async fn mesh_heal(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         let others: Vec<usize> = all.iter().copied().filter(|i| *i != victim).collect();
         let killed = Instant::now();
         nodes[victim].kill9().await;
-        // The survivors notice through the mesh idle timeout (2.5 s + one 0.5 s keep-alive by default).
+        // The survivors notice through the mesh idle timeout (2 s + up to one 0.5 s keep-alive by default).
         wait_peers(&mut nodes, &others, 4, Duration::from_secs(30)).await?;
         detect.push(killed.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
@@ -704,6 +744,120 @@ async fn joins(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
         node_cpu_s * 1e3 / n as f64,
         "ms",
         "node CPU time per join (incl. the agent's close)",
+    );
+    Ok(())
+}
+
+/// Sequential joins by new agents through all of `nodes`: sorted
+/// latencies (ms) and the count that failed.
+async fn join_latencies(
+    nodes: &[SocketAddr],
+    bind: std::net::IpAddr,
+    count: usize,
+) -> Res<(Vec<f64>, u64)> {
+    let list: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    let args = vec![
+        "join".into(),
+        "--node".into(),
+        list.join(","),
+        "--bind".into(),
+        bind.to_string(),
+        "--count".into(),
+        count.to_string(),
+    ];
+    let mut lg = LoadGen::spawn(&args)?;
+    let done = lg.wait_event("done", Duration::from_secs(600)).await?;
+    lg.finish(Duration::from_secs(10)).await?;
+    let mut lat: Vec<f64> = done["lat_ms"]
+        .as_array()
+        .ok_or("join: no latencies")?
+        .iter()
+        .filter_map(|v| v.as_f64())
+        .collect();
+    if lat.is_empty() {
+        return Err("join: no join succeeded".into());
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok((lat, done["failed"].as_u64().unwrap_or(0)))
+}
+
+/// Send `signal` (a `kill` name: STOP, CONT) to a process.
+async fn signal(pid: u32, signal: &str) -> Res<()> {
+    let ok = tokio::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("kill -{signal} {pid} failed").into())
+    }
+}
+
+/// `join_p99_ms_one_node_down`: agents given all six nodes of a mesh join
+/// while one of them is blackholed: the node's process is stopped
+/// (SIGSTOP), so its socket stays bound and packets to it are dropped
+/// without an answer or an ICMP error, as on the internet. The same with
+/// all six up, and with the node killed (`kill -9`: loopback then answers
+/// with ICMP port unreachable), for comparison.
+async fn joins_one_down(ctx: &Ctx, figs: &mut Figures) -> Res<()> {
+    let dir = ctx.dir.path().join("join6");
+    let mut nodes = six_nodes(&dir, 203, 2)?;
+    for n in &mut nodes {
+        n.start(&ctx.node_bin)?;
+    }
+    let all: Vec<usize> = (0..6).collect();
+    wait_peers(&mut nodes, &all, 5, Duration::from_secs(60)).await?;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
+    let count = (ctx.plan.joins / 4).max(20);
+    let bind = loopback(203, 3, 1);
+    let (up, up_failed) = join_latencies(&addrs, bind, count).await?;
+    // The first node listed is the one down: an agent that dialled in order would wait on it first.
+    let victim = nodes[0].pid()?;
+    signal(victim, "STOP").await?;
+    let stopped = join_latencies(&addrs, bind, count).await;
+    signal(victim, "CONT").await?;
+    let (down, down_failed) = stopped?;
+    nodes[0].kill9().await;
+    let (killed, killed_failed) = join_latencies(&addrs, bind, count).await?;
+    for n in &mut nodes {
+        n.kill9().await;
+    }
+    let how = |what: &str, lat: &[f64], failed: u64| {
+        format!(
+            "{} sequential joins through six meshed nodes, {what}; p50 {:.1} ms; {failed} failed",
+            lat.len(),
+            percentile(lat, 50.0)
+        )
+    };
+    figs.add(
+        "join_p99_ms_six_up",
+        percentile(&up, 99.0),
+        "ms",
+        how("all six up", &up, up_failed),
+    );
+    figs.add(
+        "join_p99_ms_one_node_down",
+        percentile(&down, 99.0),
+        "ms",
+        how(
+            "the first listed blackholed (SIGSTOP: no answer, no ICMP)",
+            &down,
+            down_failed,
+        ),
+    );
+    figs.add(
+        "join_p50_ms_one_node_down",
+        percentile(&down, 50.0),
+        "ms",
+        "same joins, median (first registration + the 150 ms join grace)",
+    );
+    figs.add(
+        "join_p99_ms_one_node_killed",
+        percentile(&killed, 99.0),
+        "ms",
+        how("the first listed killed (kill -9)", &killed, killed_failed),
     );
     Ok(())
 }

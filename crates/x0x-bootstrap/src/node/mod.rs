@@ -460,6 +460,7 @@ impl Node {
         let tasks = TaskTracker::new();
         tasks.spawn(accept_loop(shared.clone(), tasks.clone()));
         tasks.spawn(expire_loop(shared.clone()));
+        tasks.spawn(session::track_addresses(shared.clone()));
         for peer in shared.config.peers.clone() {
             tasks.spawn(mesh::maintain(shared.clone(), peer));
         }

@@ -29,6 +29,9 @@ pub struct Entry {
     pub dialer: PeerId,
     /// Frames to send on the connection's control stream.
     pub outbox: Arc<Outbox>,
+    /// The remote address when it was admitted (the address tracker's
+    /// starting point).
+    pub admitted_addr: std::net::SocketAddr,
 }
 
 /// Whether a newly established connection replaces the existing one.

@@ -1,9 +1,11 @@
 //! One connection's life on a node: handshake (`Hello`/`Welcome`),
-//! admission to the registry, then the control stream, agent requests and
-//! address tracking until the connection ends.
+//! admission to the registry, then the control stream and agent requests
+//! until the connection ends; one node-wide task tracks agents' addresses.
 
 mod requests;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,6 +249,7 @@ async fn serve(
         incarnation,
         dialer,
         outbox: outbox.clone(),
+        admitted_addr: conn.remote_address(),
     };
     match shared.registry.admit(peer, entry) {
         Admission::Duplicate => {
@@ -322,7 +325,6 @@ async fn serve(
         }
         tokio::select! {
             r = requests::serve(&shared, &conn, peer) => r,
-            r = track_address(&shared, &conn, peer) => r,
             r = register_deadline(&shared, peer) => r,
         }
     };
@@ -350,33 +352,47 @@ async fn serve(
 }
 
 /// QUIC follows an agent whose NAT rebinds; keep its directory record and
-/// relay lane on its current address.
-async fn track_address(
-    shared: &Shared,
-    conn: &quinn::Connection,
-    peer: PeerId,
-) -> Result<(), SessionError> {
+/// relay lane on its current address. One task checks every agent
+/// connection each [`MIGRATION_CHECK`]: a timer in each session woke every
+/// session's whole `select!` once a second, most of an idle node's CPU
+/// with 10,000 agents (docs/BENCHMARKS.md).
+pub(crate) async fn track_addresses(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(MIGRATION_CHECK);
-    let mut last = conn.remote_address();
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The address last seen per connection (stable id).
+    let mut last: HashMap<usize, SocketAddr> = HashMap::new();
     loop {
-        tick.tick().await;
-        let now = conn.remote_address();
-        if now == last {
-            continue;
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        last = now;
-        shared.relay.moved(&peer, now);
-        if shared.over_tcp(conn) {
-            continue; // a TCP session's address is no UDP candidate
-        }
-        shared.update_directory(|d| {
-            let update = d.observed_moved(&peer, canonical(now));
-            if update.is_some() {
-                info!(peer = %peer, observed = %now, "agent address changed");
+        let agents = shared.registry.of_kind(PeerKind::Agent);
+        let mut seen = HashMap::with_capacity(agents.len());
+        for (peer, entry) in agents {
+            let id = entry.conn.stable_id();
+            let before = last.get(&id).copied().unwrap_or(entry.admitted_addr);
+            let now = entry.conn.remote_address();
+            seen.insert(id, now);
+            if now != before {
+                address_moved(&shared, &entry.conn, peer, now);
             }
-            update
-        });
+        }
+        last = seen;
     }
+}
+
+fn address_moved(shared: &Shared, conn: &quinn::Connection, peer: PeerId, now: SocketAddr) {
+    shared.relay.moved(&peer, now);
+    if shared.over_tcp(conn) {
+        return; // a TCP session's address is no UDP candidate
+    }
+    shared.update_directory(|d| {
+        let update = d.observed_moved(&peer, canonical(now));
+        if update.is_some() {
+            info!(peer = %peer, observed = %now, "agent address changed");
+        }
+        update
+    });
 }
 
 /// An agent that has not registered within the deadline is closed (when
