@@ -135,6 +135,7 @@ pub enum ArbRefusal {
     CircuitLimit(String),
     BadAddress(String),
     NotARequest,
+    TopicLimit(String),
 }
 
 impl From<&ArbRefusal> for Refusal {
@@ -150,6 +151,7 @@ impl From<&ArbRefusal> for Refusal {
             ArbRefusal::CircuitLimit(s) => Refusal::CircuitLimit(s.clone()),
             ArbRefusal::BadAddress(s) => Refusal::BadAddress(s.clone()),
             ArbRefusal::NotARequest => Refusal::NotARequest,
+            ArbRefusal::TopicLimit(s) => Refusal::TopicLimit(s.clone()),
         }
     }
 }
@@ -289,6 +291,20 @@ pub enum ArbMessage {
     Pong {
         observed: Option<ArbAddr>,
     },
+    TopicJoin {
+        topic: [u8; 32],
+    },
+    TopicLeave {
+        topic: [u8; 32],
+    },
+    TopicMembers {
+        topic: [u8; 32],
+    },
+    TopicMembersList {
+        topic: [u8; 32],
+        peers: Vec<ArbPeerId>,
+    },
+    TopicOk,
 }
 
 fn records(r: &[ArbRecord]) -> Vec<AgentRecord> {
@@ -381,6 +397,14 @@ impl ArbMessage {
             A::Pong { observed } => Message::Pong {
                 observed: observed.as_ref().map(addr),
             },
+            A::TopicJoin { topic } => Message::TopicJoin { topic: *topic },
+            A::TopicLeave { topic } => Message::TopicLeave { topic: *topic },
+            A::TopicMembers { topic } => Message::TopicMembers { topic: *topic },
+            A::TopicMembersList { topic, peers } => Message::TopicMembersList {
+                topic: *topic,
+                peers: peers.iter().map(PeerId::from).collect(),
+            },
+            A::TopicOk => Message::TopicOk,
         }
     }
 
@@ -415,6 +439,11 @@ impl ArbMessage {
             Message::ForwardIntroduction { .. } => "ForwardIntroduction",
             Message::Ping => "Ping",
             Message::Pong { .. } => "Pong",
+            Message::TopicJoin { .. } => "TopicJoin",
+            Message::TopicLeave { .. } => "TopicLeave",
+            Message::TopicMembers { .. } => "TopicMembers",
+            Message::TopicMembersList { .. } => "TopicMembersList",
+            Message::TopicOk => "TopicOk",
         }
     }
 }
@@ -448,6 +477,11 @@ pub const MESSAGE_KINDS: &[&str] = &[
     "ForwardIntroduction",
     "Ping",
     "Pong",
+    "TopicJoin",
+    "TopicLeave",
+    "TopicMembers",
+    "TopicMembersList",
+    "TopicOk",
 ];
 
 // --- the seed corpus ---------------------------------------------------------
