@@ -421,7 +421,7 @@ impl CollabNet {
             Some(c) => c,
             None => {
                 let Some(inner) = self.inner() else { return };
-                match super::connect::connect(&inner, to, super::ConnectOptions::default()).await {
+                match super::connect::connect_for_service(&inner, to).await {
                     // `connect` attached it.
                     Ok(pc) => pc.connection().clone(),
                     Err(e) => {

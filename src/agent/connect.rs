@@ -101,6 +101,26 @@ pub(super) async fn connect(
     peer: PeerId,
     opts: ConnectOptions,
 ) -> Result<PeerConnection, AgentError> {
+    connect_as(inner, peer, opts, true).await
+}
+
+/// A connection the agent opens for itself (the collab service): it takes
+/// whatever path policy the application last set for `peer` instead of
+/// overriding it (the socket's paths to a peer are shared by all
+/// connections to it).
+pub(super) async fn connect_for_service(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+) -> Result<PeerConnection, AgentError> {
+    connect_as(inner, peer, ConnectOptions::default(), false).await
+}
+
+async fn connect_as(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    opts: ConnectOptions,
+    set_policy: bool,
+) -> Result<PeerConnection, AgentError> {
     if peer == inner.peer_id {
         return Err(AgentError::Unreachable {
             peer,
@@ -108,6 +128,10 @@ pub(super) async fn connect(
         });
     }
     let started = Instant::now();
+    let mut opts = opts;
+    if !set_policy && let Some(policy) = inner.socket.policy(&peer) {
+        opts.paths = policy;
+    }
     // The socket state must exist before circuits are added to it.
     inner.socket.remote(peer, &[], true);
     inner.socket.set_policy(&peer, opts.paths);

@@ -274,9 +274,24 @@ impl MuxSocket {
     }
 
     /// Restrict the paths of `peer`'s connections.
+    /// The path policy set for `peer`, if the socket knows it.
+    pub fn policy(&self, peer: &PeerId) -> Option<PathPolicy> {
+        self.table().remotes.get(peer).map(|r| r.policy)
+    }
+
     pub fn set_policy(&self, peer: &PeerId, policy: PathPolicy) {
         if let Some(r) = self.table().remotes.get_mut(peer) {
             r.policy = policy;
+            // A path the new policy forbids (left selected by an earlier
+            // connection to the same peer) is no longer the current one.
+            let forbidden = matches!(
+                (policy, r.selected),
+                (PathPolicy::RelayOnly, Some(remote::PathId::Direct(_)))
+                    | (PathPolicy::DirectOnly, Some(remote::PathId::Relay(_)))
+            );
+            if forbidden {
+                r.selected = None;
+            }
         }
     }
 
