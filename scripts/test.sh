@@ -103,6 +103,11 @@ if [ -x scripts/bench-quick.sh ]; then
   scripts/bench-quick.sh
 fi
 
+step "gossip at 100 agents, 10 publishers (release build: 100 in-process agents are too many for -O0 on two cores)"
+cargo build --locked --release -p x0x-bootstrap
+cargo nextest run --locked --release -p x0x --test collab --no-run >/dev/null
+isolated "X0X_GOSSIP_AGENTS=100 X0X_GOSSIP_PUBLISHERS=10 cargo nextest run --offline --locked --release -p x0x --test collab --no-capture gossip_every_subscriber_receives_every_message_exactly_once"
+
 if [ -x scripts/check-nix.sh ]; then
   step "Nix checks"
   scripts/check-nix.sh

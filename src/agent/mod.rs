@@ -182,6 +182,7 @@ impl AgentStats {
 pub struct AgentBuilder {
     network: Option<NetworkConfig>,
     identity: Option<Identity>,
+    collab: Option<crate::collab::service::CollabConfig>,
 }
 
 impl AgentBuilder {
@@ -194,6 +195,14 @@ impl AgentBuilder {
     /// Use this identity. Default: a fresh one.
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Tuning of pub/sub, presence, FOAF and task lists (e.g. a longer
+    /// presence interval for topics of thousands of agents). Default:
+    /// [`CollabConfig::default()`](crate::collab::service::CollabConfig).
+    pub fn collab(mut self, config: crate::collab::service::CollabConfig) -> Self {
+        self.collab = Some(config);
         self
     }
 
@@ -264,7 +273,9 @@ impl AgentBuilder {
             collab: collab::CollabNet::new(),
             portmap: portmap::PortMap::new(&cancel),
         });
-        inner.collab.start(&inner, identity.clone());
+        inner
+            .collab
+            .start(&inner, identity.clone(), self.collab.unwrap_or_default());
         tokio::spawn(connect::accept_loop(inner.clone()));
         tokio::spawn(paths::maintain(inner.clone()));
         tokio::spawn(links::on_socket_signals(inner.clone(), signals));

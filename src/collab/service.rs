@@ -19,7 +19,7 @@
 //! A subscriber that does not keep up loses messages (counted in
 //! [`ServiceStats::subscriber_drops`]); it never slows the others.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -149,6 +149,7 @@ enum Cmd {
     Tasks(TopicId, oneshot::Sender<Vec<TaskView>>),
     Stats(oneshot::Sender<ServiceStats>),
     Neighbors(TopicId, oneshot::Sender<Vec<PeerId>>),
+    Linked(oneshot::Sender<BTreeSet<PeerId>>),
     Refresh(TopicId, Vec<PeerId>, bool),
     Shutdown,
 }
@@ -306,6 +307,13 @@ impl Collab {
     pub async fn neighbors(&self, topic: &str) -> Result<Vec<PeerId>, ServiceError> {
         let t = TopicId::new(topic);
         self.ask(|r| Cmd::Neighbors(t, r)).await
+    }
+
+    /// The peers the machines keep links to (every topic's gossip
+    /// neighbours and pending neighbour requests); other links the
+    /// transport opened may be closed when idle.
+    pub async fn linked_peers(&self) -> Result<BTreeSet<PeerId>, ServiceError> {
+        self.ask(Cmd::Linked).await
     }
 
     /// Stop the service task (every handle then answers `Stopped`).
@@ -477,9 +485,15 @@ impl State {
             Cmd::Neighbors(topic, reply) => {
                 let _ = reply.send(self.gossip.neighbors(&topic));
             }
+            Cmd::Linked(reply) => {
+                let _ = reply.send(self.gossip.linked_peers());
+            }
             Cmd::Refresh(topic, members, mix) => {
                 let active = self.gossip.neighbors(&topic);
-                if active.len() < REFRESH_MIN_ACTIVE {
+                // (A view configured smaller than that counts as short
+                // only when it is not full.)
+                let short = REFRESH_MIN_ACTIVE.min(self.gossip.config().active_view);
+                if active.len() < short {
                     self.join(topic, &members, now);
                 } else if mix {
                     let passive = self.gossip.passive(&topic);

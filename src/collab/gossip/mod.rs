@@ -401,6 +401,11 @@ impl Gossip {
         self.me
     }
 
+    /// The configuration it runs with.
+    pub fn config(&self) -> &GossipConfig {
+        &self.config
+    }
+
     /// Join `topic` through `bootstrap` (members found in the directory).
     /// Joining again contacts those not already neighbours.
     pub fn join(&mut self, topic: TopicId, bootstrap: &[PeerId], now: Instant) {
@@ -658,6 +663,17 @@ impl Gossip {
             .get(topic)
             .map(|t| t.active.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Every peer some topic keeps a link to: its active view and the
+    /// peers asked to become neighbours. A transport may close a link it
+    /// opened to any other peer once it is idle.
+    pub fn linked_peers(&self) -> BTreeSet<PeerId> {
+        self.topics
+            .values()
+            .flat_map(|t| t.active.iter().chain(t.pending.keys()))
+            .copied()
+            .collect()
     }
 
     /// The passive view of `topic`.
